@@ -1,0 +1,39 @@
+"""Fail points for crash tests: ``RLCADENCE_CRASH_AT=<point>:<step>`` SIGKILLs this process there.
+
+Points: ``generate`` (inside generation, after sampling started), ``write:<table>`` (half-way through
+writing a Parquet file: a temp file with half the bytes is left behind, never renamed). A real SIGKILL,
+so nothing is flushed or cleaned up, exactly like an OOM kill or a lost machine.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import signal
+
+ENV = "RLCADENCE_CRASH_AT"
+
+
+def _armed(point: str, step: int) -> bool:
+    spec = os.environ.get(ENV, "")
+    if not spec:
+        return False
+    want_point, _, want_step = spec.rpartition(":")
+    return want_point == point and want_step == str(step)
+
+
+def maybe_crash(point: str, step: int) -> None:
+    if _armed(point, step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_crash_mid_write(loc, parts: tuple[str, ...], payload: bytes, *, table: str, step: int) -> None:
+    """Leave a half-written temp file (as a killed writer would), then die."""
+    if not _armed(f"write:{table}", step):
+        return
+    final = loc.path(*parts)
+    loc.fs.create_dir(posixpath.dirname(final), recursive=True)
+    tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.crash.tmp")
+    with loc.fs.open_output_stream(tmp) as f:
+        f.write(payload[: len(payload) // 2])
+    os.kill(os.getpid(), signal.SIGKILL)
