@@ -69,11 +69,11 @@ class StoreLocation:
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write a whole file atomically; readers see the old state or the complete new file."""
         final = self.path(*parts)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        if not self.is_local:
+        if not self.is_local:  # no create_dir: on S3 it costs a HEAD and a marker PUT per level
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return final
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = posixpath.join(posixpath.dirname(final), f"{TMP_PREFIX}{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)

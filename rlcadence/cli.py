@@ -1,0 +1,243 @@
+"""The ``rlcadence`` command: run, resume, sql, runs, bootstrap, export-prompts."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from rlcadence.config import DEFAULT_STORE, RLConfig
+from rlcadence.presets import PRESETS
+
+
+def _quiet_environment() -> None:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_override(text: str) -> dict:
+    """``a.b=3`` -> ``{"a": {"b": 3}}``; values are JSON when they parse, else strings."""
+    if "=" not in text:
+        raise SystemExit(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    out: dict = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    merged = dict(base)
+    for k, v in extra.items():
+        merged[k] = deep_merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"config file {p} does not exist")
+    text = p.read_text()
+    if p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def build_config(preset: str, config_file: str | None, sets: list[str], store: str | None, run_id: str | None) -> RLConfig:
+    if preset not in PRESETS:
+        raise SystemExit(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    raw = dict(PRESETS[preset])
+    if config_file:
+        raw = deep_merge(raw, load_config_file(config_file))
+    for s in sets:
+        raw = deep_merge(raw, parse_override(s))
+    if store:
+        raw["store"] = store
+    if run_id:
+        raw["run_id"] = run_id
+    return RLConfig.model_validate(raw)
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = [f"invalid parameters ({err.error_count()}):"]
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "config"
+        lines.append(f"  {field}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def print_table(columns: list[str], rows: list[tuple]) -> None:
+    def fmt(v) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    cells = [[fmt(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    print("  ".join("-" * w for w in widths))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def cmd_run(args) -> int:
+    config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
+    from rlcadence.flows.rl import rl
+
+    summary = rl(config)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary: dict) -> None:
+    print("\n== rlcadence run summary ==")
+    for key in ("run_id", "bootstrap_accuracy", "initial_accuracy", "final_accuracy", "steps", "final_model"):
+        if key in summary and summary[key] is not None:
+            v = summary[key]
+            print(f"{key:>20}: {v:.3f}" if isinstance(v, float) else f"{key:>20}: {v}")
+    if summary.get("initial_accuracy") is not None and summary.get("final_accuracy") is not None:
+        gain = 100 * (summary["final_accuracy"] - summary["initial_accuracy"])
+        print(f"{'held-out gain':>20}: {gain:+.1f} points")
+
+
+def cmd_resume(args) -> int:
+    from rlcadence.flows.rl import rl
+    from rlcadence.storage.location import open_location
+    from rlcadence.storage.tables import read_run_params
+
+    params = read_run_params(open_location(args.store), args.run_id)
+    params.pop("model_dir", None)
+    config = RLConfig.model_validate(params | {"run_id": args.run_id, "store": args.store})
+    print_summary(rl(config))
+    return 0
+
+
+def cmd_sql(args) -> int:
+    from rlcadence.storage.location import open_location
+    from rlcadence.storage.query import query
+
+    columns, rows = query(open_location(args.store), args.query)
+    if args.format == "json":
+        print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
+    elif args.format == "csv":
+        import csv
+
+        w = csv.writer(sys.stdout)
+        w.writerow(columns)
+        w.writerows(rows)
+    else:
+        print_table(columns, rows)
+    return 0
+
+
+RUNS_SQL = """
+SELECT r.run_id, r.status, max(m.step) AS last_step,
+       round(arg_max(m.reward_mean, m.step), 3) AS last_reward,
+       round(arg_max(m.eval_accuracy, CASE WHEN m.eval_accuracy IS NOT NULL THEN m.step END), 3) AS last_eval_acc,
+       r.updated_at
+FROM runs r LEFT JOIN metrics m USING (run_id)
+GROUP BY r.run_id, r.status, r.updated_at ORDER BY r.updated_at DESC
+"""
+
+
+def cmd_runs(args) -> int:
+    from rlcadence.storage.location import open_location
+    from rlcadence.storage.query import connect
+
+    con = connect(open_location(args.store))
+    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    if "runs" not in views:
+        print(f"no runs in {args.store}")
+        return 0
+    sql = RUNS_SQL if "metrics" in views else "SELECT run_id, status, updated_at FROM runs ORDER BY updated_at DESC"
+    rel = con.sql(sql)
+    print_table(rel.columns, rel.fetchall())
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    config = build_config(args.preset, args.config, args.set or [], args.store, None)
+    from rlcadence.flows.bootstrap import bootstrap, bootstrap_metrics
+
+    path = bootstrap(config.bootstrap, config.store)
+    print(f"bootstrap model: {path}")
+    print(json.dumps(bootstrap_metrics(path), indent=1))
+    return 0
+
+
+def cmd_export_prompts(args) -> int:
+    from rlcadence.config import ArithmeticTaskConfig
+    from rlcadence.tasks.arithmetic import export_prompts, make_splits
+
+    t = ArithmeticTaskConfig()
+    train, heldout = make_splits(t.split_seed, t.digits, t.n_heldout)
+    problems = heldout[: args.n] if args.split == "heldout" else train.batch(0, args.n)
+    print(export_prompts(problems, Path(args.path)))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rlcadence", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp):
+        sp.add_argument("--preset", default="default", help=f"one of: {', '.join(PRESETS)}")
+        sp.add_argument("--config", help="YAML or JSON file with RLConfig fields")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE", help="override, e.g. optimizer.name=sgd")
+        sp.add_argument("--store", help=f"local dir or s3://bucket/prefix (default {DEFAULT_STORE})")
+
+    r = sub.add_parser("run", help="run an RL experiment (one flow run)")
+    config_args(r)
+    r.add_argument("--run-id")
+    r.set_defaults(fn=cmd_run)
+    b = sub.add_parser("bootstrap", help="build and SFT the embedded tiny model (cached in the store)")
+    config_args(b)
+    b.set_defaults(fn=cmd_bootstrap)
+    rs = sub.add_parser("resume", help="continue a failed or interrupted run from its last completed stage")
+    rs.add_argument("run_id")
+    rs.add_argument("--store", default=DEFAULT_STORE)
+    rs.set_defaults(fn=cmd_resume)
+    q = sub.add_parser("sql", help="query the store with DuckDB (views: rollouts, metrics, runs, rejected)")
+    q.add_argument("query")
+    q.add_argument("--store", default=DEFAULT_STORE)
+    q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.set_defaults(fn=cmd_sql)
+    ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
+    ls.add_argument("--store", default=DEFAULT_STORE)
+    ls.set_defaults(fn=cmd_runs)
+    ex = sub.add_parser("export-prompts", help="write the arithmetic task's prompts as Parquet or JSONL")
+    ex.add_argument("path")
+    ex.add_argument("--split", choices=["train", "heldout"], default="heldout")
+    ex.add_argument("--n", type=int, default=500)
+    ex.set_defaults(fn=cmd_export_prompts)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_environment()
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ValidationError as err:
+        print(format_validation_error(err), file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

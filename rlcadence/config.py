@@ -1,0 +1,114 @@
+"""Flow parameters: one pydantic model per flow, which is also the CLI/config-file schema and the
+Prefect UI form. Invalid values fail here, before any work, with the field named.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlcadence.tasks.engine.base import SamplingParams
+from rlcadence.tasks.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
+from rlcadence.tasks.tiny_model import TinyModelConfig
+
+DEFAULT_STORE = ".rlcadence/store"
+
+Cadence = int | Literal["offline"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ArithmeticTaskConfig(Strict):
+    """The embedded verifiable task (n-digit addition)."""
+
+    digits: int = Field(3, ge=1, le=6, description="Operands have up to this many digits.")
+    n_heldout: int = Field(500, ge=10, description="Size of the held-out split (never trained on).")
+    split_seed: int = Field(1234, description="Seed of the split; fixed so every run evaluates on the same set.")
+
+
+class OptimizerConfig(Strict):
+    """AdamW or SGD. ``lr=None`` takes the optimizer's default below (one source of truth)."""
+
+    name: Literal["adamw", "sgd"] = Field("adamw", description="Paper C: SGD matches AdamW in RL with far sparser updates.")
+    lr: float | None = Field(None, gt=0, description="None: 1e-3 for adamw, 0.3 for sgd on the tiny model.")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0, description="Adam epsilon (paper A uses 1e-4 for math DPO).")
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD only; 0 as in paper C.")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; None disables clipping.")
+    master_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the trained weights.")
+
+    DEFAULT_LR: dict[str, float] = {"adamw": 1e-3, "sgd": 0.3}
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else self.DEFAULT_LR[self.name]
+
+
+class BootstrapConfig(Strict):
+    """SFT of the embedded tiny model on the arithmetic task; cached in the store by its parameters."""
+
+    model: TinyModelConfig = TinyModelConfig()
+    task: ArithmeticTaskConfig = ArithmeticTaskConfig()
+    seed: int = 0
+    steps: int = Field(600, ge=1, description="SFT optimizer steps.")
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    warmup_steps: int = Field(30, ge=0)
+
+
+class RLConfig(Strict):
+    """One RL experiment: generate -> score -> store -> train -> sync, ``steps`` times."""
+
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="None: a fresh id is made.")
+    store: str = Field(DEFAULT_STORE, description="Local directory or s3://bucket/prefix for all run data.")
+    model: str | None = Field(None, description="Model dir or hub id; None = the embedded bootstrap model.")
+    bootstrap: BootstrapConfig = BootstrapConfig()
+    seed: int = 0
+    steps: int = Field(40, ge=1, description="Optimizer steps.")
+    prompts_per_step: int = Field(32, ge=1, description="M: prompts per optimizer step.")
+    group_size: int = Field(8, ge=2, description="G: samples per prompt (GRPO group / DPO candidates).")
+    sampling: SamplingParams = SamplingParams(max_new_tokens=6)
+    algorithm: Literal["grpo", "dpo"] = "grpo"
+    advantage: AdvantageConfig = AdvantageConfig()
+    policy_loss: PolicyLossConfig = PolicyLossConfig()
+    filter: FilterConfig = FilterConfig()
+    dpo: DPOConfig = DPOConfig()
+    ppo_epochs: int = Field(1, ge=1, description="K passes over each generated batch (PPO 'multi').")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per epoch (PPO 'mini'); 1 = one step.")
+    micro_batch_size: int | None = Field(None, ge=1, description="Rows per backward pass; None = whole mini-batch.")
+    optimizer: OptimizerConfig = OptimizerConfig()
+    sync_every: Cadence = Field(1, description="Generator copies the trainer's weights every s steps; 'offline' never.")
+    ref_sync_every: Cadence = Field("offline", description="Reference model sync cadence; 'offline' = fixed initial model.")
+    eval_every: int = Field(10, ge=1, description="Evaluate greedy accuracy on the held-out split every E steps.")
+    eval_size: int = Field(500, ge=1, description="Held-out problems per evaluation.")
+    eval_sampling: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=6)
+    keep_checkpoints: int = Field(2, ge=1, description="Latest checkpoints kept (plus those the generator/ref need).")
+
+    @field_validator("sync_every", "ref_sync_every")
+    @classmethod
+    def _cadence(cls, v: Cadence) -> Cadence:
+        if v != "offline" and v < 1:
+            raise ValueError("must be a positive number of steps (1 = online) or 'offline'")
+        return v
+
+    @model_validator(mode="after")
+    def _combinations(self) -> RLConfig:
+        rows = self.prompts_per_step * self.group_size
+        if self.mini_batches > rows:
+            raise ValueError(f"mini_batches={self.mini_batches} exceeds the batch ({rows} rows = prompts_per_step x group_size)")
+        if self.micro_batch_size is not None and self.micro_batch_size > rows:
+            raise ValueError(f"micro_batch_size={self.micro_batch_size} is larger than the batch ({rows} rows)")
+        return self
+
+    @property
+    def run_label(self) -> str:
+        return f"{self.algorithm} s={self.sync_every}"
+
+
+def is_due(step_done: int, every: Cadence) -> bool:
+    """After ``step_done`` optimizer steps, is a sync due? (paper A: sync when step % s == 0)."""
+    return every != "offline" and step_done % every == 0

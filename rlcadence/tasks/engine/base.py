@@ -1,0 +1,44 @@
+"""The generation engine interface: the only thing the RL loop knows about the sampler.
+
+A transformers implementation runs anywhere (CPU included); a vLLM one plugs in behind the same calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+
+class SamplingParams(BaseModel):
+    """How completions are sampled. Training defaults follow the papers (T=1.0, top-p 1.0)."""
+
+    temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(8, ge=1, description="Completion length cap in tokens.")
+    seed: int = Field(0, description="Seed of this call's sampling; the flow derives it from (run seed, step).")
+
+
+@dataclass
+class Completion:
+    """One sampled completion with what training needs from the generator."""
+
+    text: str
+    token_ids: list[int]  # completion tokens, EOS included when it was produced
+    logprobs: list[float]  # generator's log p(token) at T=1 for each token of token_ids
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+class Engine(Protocol):
+    """``generate`` returns, for each prompt, ``n`` completions in order."""
+
+    def generate(self, prompts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]: ...
+
+    def load_weights(self, model_dir: Path, version: int) -> None:
+        """Replace the generator's weights with those saved in ``model_dir`` (policy version ``version``)."""
+        ...
+
+    @property
+    def policy_version(self) -> int: ...

@@ -1,0 +1,90 @@
+"""Knobs of the training objectives. Where a paper's text and its reference code disagree, a field
+selects each behaviour; the description states the default and why.
+
+Papers: A = "Bridging Offline and Online RL for LLMs" (arXiv 2506.21495); B = DASH (arXiv 2505.17218).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AdvantageConfig(_Strict):
+    """Group-relative advantage A_i = (r_i - mean_g(r)) [/ (std_g(r) + eps)] over each prompt's G samples."""
+
+    std_normalize: bool = Field(
+        True,
+        description="Divide by the group std (default True: paper A's code and DASH do; paper A's text uses r - mean only).",
+    )
+    eps: float = Field(
+        1e-6,
+        ge=0,
+        description="Added to the std before dividing (default 1e-6 as in paper A's code; DASH 1e-4).",
+    )
+    unbiased_std: bool = Field(
+        False,
+        description="Bessel-corrected std (divide by G-1). Default False (population std); DASH uses True with eps 1e-4.",
+    )
+
+
+class PolicyLossConfig(_Strict):
+    """PPO-clip surrogate (a vanilla policy gradient when ratio == 1) plus an optional KL penalty."""
+
+    aggregation: Literal["seq_mean_token_mean", "token_sum_norm", "token_mean"] = Field(
+        "seq_mean_token_mean",
+        description=(
+            "How token terms become the loss. seq_mean_token_mean (default; GRPO paper and paper A's length-normalised "
+            "code): mean over each row's tokens, summed over rows, / rows. token_sum_norm (DASH / TRL dr_grpo): sum of "
+            "token terms / (rows x max_completion_len). token_mean: sum of token terms / valid tokens."
+        ),
+    )
+    clip_eps_low: float = Field(
+        0.2, ge=0, lt=1, description="Ratio clipped below at 1 - eps_low (PPO default 0.2)."
+    )
+    clip_eps_high: float = Field(
+        0.2, ge=0, description="Ratio clipped above at 1 + eps_high (0.2; larger = 'clip-higher')."
+    )
+    kl_beta: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the per-token KL to the reference (default 0 = no KL, DASH; paper A GRPO 0.001).",
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3",
+        description="Schulman's per-token KL estimator (default k3: unbiased, always >= 0; used by GRPO and DASH).",
+    )
+
+
+class FilterConfig(_Strict):
+    """DASH gradient filtering: back-propagate a row only if |A| > tau."""
+
+    tau: float | None = Field(
+        None, ge=0, description="Keep a row iff |A| > tau. None (default) = no filtering; DASH uses 0.1."
+    )
+    normalize_by: Literal["kept", "all"] = Field(
+        "kept",
+        description=(
+            "Rows counted by the loss normalizer. 'kept' (default, DASH's code) divides by surviving rows, scaling the "
+            "surviving gradient up by N/kept; 'all' divides by every row, so filtering rows with A = 0 leaves the "
+            "gradient unchanged."
+        ),
+    )
+
+
+class DPOConfig(_Strict):
+    """DPO on summed sequence logprobs (paper A), optionally plus an NLL term on the chosen response."""
+
+    beta: float = Field(
+        0.1, gt=0, description="DPO temperature (default 0.1: paper A math; 0.01 for instruction following)."
+    )
+    nll_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the chosen response's per-token NLL (default 0; paper A tried 1.0, no gain).",
+    )

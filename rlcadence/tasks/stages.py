@@ -1,0 +1,220 @@
+"""The RL loop's stages as plain functions (Prefect wraps them in ``tasks/prefect_tasks.py``).
+
+Each stage reads its inputs from the store and writes its outputs there, returning URIs or small metric
+dicts: any stage can run in a fresh process, which is what resume after a crash needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import torch
+
+from rlcadence import faults
+from rlcadence.config import RLConfig, is_due
+from rlcadence.storage import tables
+from rlcadence.storage.location import open_location
+from rlcadence.tasks import runtime
+from rlcadence.tasks.arithmetic import TASK_NAME, make_splits, verify_sum
+from rlcadence.tasks.checkpoint import (
+    TrainerState,
+    checkpoint_steps,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from rlcadence.tasks.engine.hf import engine_from_model
+from rlcadence.tasks.evaluate import heldout_accuracy
+from rlcadence.tasks.objectives import (
+    gradient_filter_mask,
+    group_advantages,
+    select_pairs_verifiable,
+    zero_advantage_group_fraction,
+)
+from rlcadence.tasks.rollouts import PromptRow, completions_table, with_scores
+from rlcadence.tasks.train import dpo_update, pack, policy_update
+
+
+@dataclass(frozen=True)
+class RunStart:
+    run_id: str
+    start_step: int  # first step still to run (== steps when the run is complete)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from (run seed, step, purpose): identical across processes and resumes."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def new_run_id(cfg: RLConfig) -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.algorithm}-{stamp}-{random.Random().getrandbits(24):06x}"
+
+
+def metrics_columns(metrics: dict[str, float]) -> dict[str, float]:
+    """Metric names as SQL-friendly columns ("eval/accuracy" -> "eval_accuracy")."""
+    return {k.replace("/", "_"): float(v) for k, v in metrics.items()}
+
+
+def init_run(cfg: RLConfig, run_id: str, model_dir: Path) -> RunStart:
+    """Create checkpoint 0 from the seed model (once), and find where the run continues.
+
+    A step is done when its metrics row is committed (the last write of a step), so resume starts at the
+    step after the last committed one; checkpoint ``start_step`` exists by construction.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loc = open_location(cfg.store)
+    loc.sweep_temp_files("rollouts", f"run_id={run_id}")
+    loc.sweep_temp_files("metrics", f"run_id={run_id}")
+    if 0 not in checkpoint_steps(loc, run_id):
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=runtime.dtype_of(cfg))
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        state = TrainerState(step=0, data_cursor=0, generator_version=0, ref_version=0)
+        save_checkpoint(loc, run_id, model, tokenizer, state)
+    done = tables.committed_steps(loc, "metrics", run_id)
+    start = max(done) + 1 if done else 0
+    if start not in checkpoint_steps(loc, run_id):
+        raise RuntimeError(f"run {run_id}: step {start} has no checkpoint in {loc.uri}; cannot resume")
+    return RunStart(run_id, start)
+
+
+def _train_split(cfg: RLConfig):
+    t = cfg.bootstrap.task
+    return make_splits(t.split_seed, t.digits, t.n_heldout)
+
+
+def generate(cfg: RLConfig, run_id: str, step: int) -> str:
+    """Sample G completions for each of the step's M prompts with the generator's current weights."""
+    rt = runtime.runtime(run_id, cfg.store)
+    policy = runtime.policy_at(rt, cfg, step)
+    version = policy.state.generator_version
+    engine = runtime.generator_at(rt, version)
+    train, _ = _train_split(cfg)
+    problems = train.batch(policy.state.data_cursor, cfg.prompts_per_step)
+    prompts = [PromptRow(p.prompt_id, p.task, p.prompt, p.gold) for p in problems]
+    sampling = cfg.sampling.model_copy(update={"seed": derive_seed(cfg.seed, step, "generate")})
+    t0 = time.perf_counter()
+    groups = engine.generate([p.prompt for p in prompts], cfg.group_size, sampling)
+    faults.maybe_crash("generate", step)
+    table = completions_table(run_id, step, version, prompts, groups, time.perf_counter() - t0)
+    return rt.loc.write_bytes(tables.table_to_parquet_bytes(table), "staging", run_id, f"step={step}", "generated.parquet")
+
+
+def score(cfg: RLConfig, run_id: str, step: int, generated: str) -> dict[str, float]:
+    """Verify, compute group advantages and the gradient filter, and commit the step's rollout rows."""
+    loc = open_location(cfg.store)
+    table = pq.read_table(io.BytesIO(loc.read_bytes(_relative(loc, generated))))
+    t0 = time.perf_counter()
+    results = verify_sum(table.column("completion").to_pylist(), table.column("gold").to_pylist())
+    rewards = torch.tensor([r.reward for r in results], dtype=torch.float64)  # [M*G]
+    advantages = group_advantages(rewards, cfg.group_size, cfg.advantage)  # [M*G]
+    kept = gradient_filter_mask(advantages, cfg.filter.tau)  # [M*G]
+    table = with_scores(table, results, advantages, kept, time.perf_counter() - t0)
+    tables.write_step_table(loc, "rollouts", run_id, step, table)
+    lengths = torch.tensor(table.column("completion_tokens").to_pylist(), dtype=torch.float64)
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/accuracy": float((rewards >= 1.0).double().mean()),
+        "rollout/mean_length": float(lengths.mean()),
+        "rollout/zero_advantage_group_fraction": zero_advantage_group_fraction(rewards, cfg.group_size),
+        "rollout/kept_fraction": float(kept.double().mean()),
+        "rollout/generator_lag": float(step - table.column("policy_version")[0].as_py()),
+        "time/generate_s": float(sum(table.column("generate_seconds").to_pylist())),
+        "time/score_s": time.perf_counter() - t0,
+    }
+
+
+def _relative(loc, uri: str) -> str:
+    path = uri.removeprefix("s3://")
+    return path[len(loc.root) + 1 :] if path.startswith(loc.root) else path
+
+
+def train(cfg: RLConfig, run_id: str, step: int) -> dict[str, float]:
+    """One optimizer update on the step's rollouts; then sync decisions and checkpoint ``step + 1``."""
+    rt = runtime.runtime(run_id, cfg.store)
+    policy = runtime.policy_at(rt, cfg, step)
+    t0 = time.perf_counter()
+    try:
+        metrics = _update(rt, policy, cfg, step)
+    except BaseException:
+        rt.policy = None  # weights may be half-updated: a retry reloads checkpoint `step`
+        raise
+    state = policy.state
+    state.step = step + 1
+    state.data_cursor += cfg.prompts_per_step
+    if is_due(state.step, cfg.sync_every):
+        state.generator_version = state.step
+    if is_due(state.step, cfg.ref_sync_every):
+        state.ref_version = state.step
+    state.optimizer = policy.optimizer.state_dict()
+    metrics["time/train_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    save_checkpoint(rt.loc, run_id, policy.model, policy.tokenizer, state)
+    metrics["time/checkpoint_s"] = time.perf_counter() - t1
+    metrics["sync/generator_version"] = float(state.generator_version)
+    metrics["sync/ref_version"] = float(state.ref_version)
+    return metrics
+
+
+def _needs_reference(cfg: RLConfig) -> bool:
+    return cfg.algorithm == "dpo" or cfg.policy_loss.kl_beta > 0
+
+
+def _update(rt, policy, cfg: RLConfig, step: int) -> dict[str, float]:
+    rows = tables.read_step_table(rt.loc, "rollouts", rt.run_id, step).to_pylist()
+    tok = policy.tokenizer
+    prompt_ids = [[tok.bos_token_id] + tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
+    completion_ids = [r["token_ids"] for r in rows]
+    ref = runtime.reference_at(rt, policy.state.ref_version) if _needs_reference(cfg) else None
+    if cfg.algorithm == "dpo":
+        rewards = torch.tensor([r["reward"] for r in rows])
+        pairs = select_pairs_verifiable(rewards, cfg.group_size, random.Random(derive_seed(cfg.seed, step, "pairs")))
+        pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tok.pad_token_id)  # noqa: E731
+        out = dpo_update(policy.model, policy.optimizer, pick(pairs.chosen), pick(pairs.rejected), ref, cfg)
+        out["dpo/skipped_groups"] = float(pairs.skipped_groups)
+        return out
+    batch = pack(prompt_ids, completion_ids, tok.pad_token_id, [r["token_logprobs"] for r in rows])
+    advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
+    kept = torch.tensor([r["kept"] for r in rows], dtype=torch.bool)
+    return policy_update(policy.model, policy.optimizer, batch, advantages, kept, cfg, ref,
+                         max_completion_len=cfg.sampling.max_new_tokens)
+
+
+def evaluate(cfg: RLConfig, run_id: str, policy_step: int) -> dict[str, float]:
+    """Greedy held-out accuracy of the trainer's weights after ``policy_step`` updates."""
+    rt = runtime.runtime(run_id, cfg.store)
+    policy = runtime.policy_at(rt, cfg, policy_step)
+    _, heldout = _train_split(cfg)
+    heldout = heldout[: cfg.eval_size]
+    engine = engine_from_model(policy.model.eval(), policy.tokenizer, policy_step)
+    return heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], verify_sum,
+                            cfg.eval_sampling)
+
+
+def record_step(cfg: RLConfig, run_id: str, step: int, metrics: dict[str, float]) -> str:
+    """Commit the step (its metrics row is the commit point), then drop staging and old checkpoints."""
+    loc = open_location(cfg.store)
+    uri = tables.write_metrics(loc, run_id, step, {"task": TASK_NAME, **metrics_columns(metrics)})
+    loc.delete_dir("staging", run_id, f"step={step}")
+    rt = runtime.runtime(run_id, cfg.store)
+    if rt.policy is not None:
+        s = rt.policy.state
+        prune_checkpoints(loc, run_id, cfg.keep_checkpoints, {0, s.generator_version, s.ref_version})
+    return uri
+
+
+def export_final_model(cfg: RLConfig, run_id: str, step: int) -> str:
+    """Publish the final policy (HF format) under ``models/<run_id>`` for downstream use."""
+    rt = runtime.runtime(run_id, cfg.store)
+    policy = runtime.policy_at(rt, cfg, step)
+    with tempfile.TemporaryDirectory(prefix="rlc-final-") as tmp:
+        policy.model.save_pretrained(tmp)
+        policy.tokenizer.save_pretrained(tmp)
+        return rt.loc.put_dir(Path(tmp), "models", run_id)
