@@ -95,6 +95,10 @@ def print_table(columns: list[str], rows: list[tuple]) -> None:
 
 def cmd_run(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
+    if config.model is not None:
+        from rlcadence.tasks.model_source import resolve_model_dir
+
+        resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
     from rlcadence.flows.rl import rl
 
     summary = rl(config)

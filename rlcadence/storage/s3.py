@@ -65,17 +65,28 @@ class S3Settings(BaseModel):
         default_factory=lambda: _env("AWS_REGION", "AWS_DEFAULT_REGION") or "us-east-1",
         description="Region used for request signing.",
     )
-    profile: str | None = Field(default=None, description="AWS profile for the boto3 session (AWS_PROFILE works too).")
+    profile: str | None = Field(
+        default=None, description="AWS profile for the boto3 session (AWS_PROFILE works too)."
+    )
     credentials_block: str | None = Field(
         default=None,
         description="Name of a saved Prefect AwsCredentials block to take keys from (needs prefect-aws).",
     )
-    max_attempts: int = Field(default=3, ge=1, le=20, description="Attempts per S3 request (pyarrow and boto3).")
-    write_attempts: int = Field(
-        default=4, ge=1, le=20, description="Attempts per whole-object write (write_bytes, put_dir) on transient errors."
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Attempts per S3 request (pyarrow and boto3)."
     )
-    backoff_seconds: float = Field(default=0.5, gt=0, description="Wait before the 2nd write attempt; doubles after.")
-    backoff_max_seconds: float = Field(default=8.0, gt=0, description="Cap on the wait between write attempts.")
+    write_attempts: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="Attempts per whole-object write (write_bytes, put_dir) on transient errors.",
+    )
+    backoff_seconds: float = Field(
+        default=0.5, gt=0, description="Wait before the 2nd write attempt; doubles after."
+    )
+    backoff_max_seconds: float = Field(
+        default=8.0, gt=0, description="Cap on the wait between write attempts."
+    )
     connect_timeout_seconds: float = Field(default=2.0, gt=0, description="TCP connect timeout per request.")
     request_timeout_seconds: float = Field(default=30.0, gt=0, description="Read timeout per request.")
 
@@ -185,8 +196,15 @@ def check_bucket(settings: S3Settings, creds: _Credentials, bucket: str) -> None
             raise StoreError(f"missing bucket: {where} does not exist (create it first)") from None
         if status == 301:
             raise StoreError(f"wrong region for {where}: the bucket lives in another region") from None
-        raise StoreError(f"cannot open {where}: HTTP {status} {e.response.get('Error', {}).get('Code')}") from None
-    except (bex.EndpointConnectionError, bex.ConnectTimeoutError, bex.ReadTimeoutError, bex.ConnectionClosedError):
+        raise StoreError(
+            f"cannot open {where}: HTTP {status} {e.response.get('Error', {}).get('Code')}"
+        ) from None
+    except (
+        bex.EndpointConnectionError,
+        bex.ConnectTimeoutError,
+        bex.ReadTimeoutError,
+        bex.ConnectionClosedError,
+    ):
         raise StoreError(
             f"wrong endpoint: cannot reach {settings.endpoint_label} for bucket {bucket!r} "
             "(nothing answers there; check AWS_ENDPOINT_URL or that the server is up)"
@@ -226,7 +244,11 @@ _PERMANENT = (
 
 def is_transient(err: BaseException) -> bool:
     """Worth retrying: connection refused/reset, timeouts, 5xx, throttling; not auth or a missing bucket."""
-    return isinstance(err, OSError) and not isinstance(err, StoreError) and not any(p in str(err) for p in _PERMANENT)
+    return (
+        isinstance(err, OSError)
+        and not isinstance(err, StoreError)
+        and not any(p in str(err) for p in _PERMANENT)
+    )
 
 
 @dataclass(frozen=True)
@@ -250,12 +272,16 @@ class S3StoreLocation(StoreLocation):
         return self._credentials or resolve_credentials(self.settings)
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
-        return self._retrying(f"write {self.uri_of(*parts)}", lambda: StoreLocation.write_bytes(self, data, *parts))
+        return self._retrying(
+            f"write {self.uri_of(*parts)}", lambda: StoreLocation.write_bytes(self, data, *parts)
+        )
 
     def put_dir(self, local_dir: Path, *parts: str) -> str:
         # Drop an old marker first: a directory being replaced must not look complete half-way through.
         self._retrying(f"unmark {self.uri_of(*parts)}", lambda: self.delete_file(*parts, "_COMPLETE"))
-        return self._retrying(f"put_dir {self.uri_of(*parts)}", lambda: StoreLocation.put_dir(self, local_dir, *parts))
+        return self._retrying(
+            f"put_dir {self.uri_of(*parts)}", lambda: StoreLocation.put_dir(self, local_dir, *parts)
+        )
 
     def _retrying(self, what: str, fn: Callable[[], T]) -> T:
         s, start = self.settings, time.monotonic()
@@ -270,7 +296,14 @@ class S3StoreLocation(StoreLocation):
                         f"(endpoint {s.endpoint_label}, bucket {self.bucket!r}): {msg}"
                     ) from None
                 wait = min(s.backoff_seconds * 2 ** (attempt - 1), s.backoff_max_seconds)
-                log.warning("%s: attempt %d/%d failed, retrying in %.1fs: %s", what, attempt, s.write_attempts, wait, msg)
+                log.warning(
+                    "%s: attempt %d/%d failed, retrying in %.1fs: %s",
+                    what,
+                    attempt,
+                    s.write_attempts,
+                    wait,
+                    msg,
+                )
                 time.sleep(wait)
         raise AssertionError("unreachable")
 
@@ -308,7 +341,11 @@ def open_s3_location(uri: str, settings: S3Settings | None = None, *, check: boo
     root = posixpath.join(bucket, prefix) if prefix else bucket
     log.info("opened store s3://%s at %s (region %s)", root, settings.endpoint_label, settings.region)
     return S3StoreLocation(
-        uri=f"s3://{root}", fs=_s3_filesystem(settings, creds), root=root, settings=settings, _credentials=creds
+        uri=f"s3://{root}",
+        fs=_s3_filesystem(settings, creds),
+        root=root,
+        settings=settings,
+        _credentials=creds,
     )
 
 
@@ -373,9 +410,15 @@ def _secret_sql(settings: S3Settings, creds: _Credentials, bucket: str) -> str:
         opts["SESSION_TOKEN"] = _sql_str(creds.token)
     if settings.endpoint_url:
         ep = urlparse(settings.endpoint_url)
-        opts |= {"ENDPOINT": _sql_str(ep.netloc), "URL_STYLE": "'path'", "USE_SSL": str(ep.scheme == "https").lower()}
+        opts |= {
+            "ENDPOINT": _sql_str(ep.netloc),
+            "URL_STYLE": "'path'",
+            "USE_SSL": str(ep.scheme == "https").lower(),
+        }
     name = "rlcadence_" + "".join(c if c.isalnum() else "_" for c in bucket)
-    return f"CREATE OR REPLACE TEMPORARY SECRET {name} (" + ", ".join(f"{k} {v}" for k, v in opts.items()) + ")"
+    return (
+        f"CREATE OR REPLACE TEMPORARY SECRET {name} (" + ", ".join(f"{k} {v}" for k, v in opts.items()) + ")"
+    )
 
 
 def _register_pyarrow_fs(con: duckdb.DuckDBPyConnection, loc: StoreLocation) -> None:

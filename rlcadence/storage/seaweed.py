@@ -126,14 +126,18 @@ class SeaweedServer:
             announced = re.findall(r"S3 Endpoint:\s+http://[\d.]+:(\d+)", self.log_tail(4000))
             if announced and int(announced[-1]) != self.ports["s3.port"]:
                 self.stop()
-                raise RuntimeError(f"port {self.ports['s3.port']} was taken; weed moved S3 to {announced[-1]}")
+                raise RuntimeError(
+                    f"port {self.ports['s3.port']} was taken; weed moved S3 to {announced[-1]}"
+                )
             try:
                 client.list_buckets()
                 return
             except Exception:
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise TimeoutError(f"S3 at {self.endpoint_url} not ready in {timeout}s; log: {self.log_tail()}")
+                    raise TimeoutError(
+                        f"S3 at {self.endpoint_url} not ready in {timeout}s; log: {self.log_tail()}"
+                    ) from None
                 time.sleep(0.2)
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -164,7 +168,9 @@ class SeaweedServer:
             aws_access_key_id=self.access_key,
             aws_secret_access_key=self.secret_key,
             config=botocore.config.Config(
-                connect_timeout=connect_timeout, read_timeout=10, retries={"max_attempts": 1, "mode": "standard"}
+                connect_timeout=connect_timeout,
+                read_timeout=10,
+                retries={"max_attempts": 1, "mode": "standard"},
             ),
         )
 

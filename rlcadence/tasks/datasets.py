@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ log = logging.getLogger(__name__)
 # doubled because templates are str.format strings.
 MATH_TEMPLATE = "{prompt}\nThe final answer is $\\boxed{{}}$."
 # The Qwen2.5-Math / DeepSeek-R1 phrasing, an alternative for models trained on it.
-MATH_TEMPLATE_STEP_BY_STEP = "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+MATH_TEMPLATE_STEP_BY_STEP = (
+    "{prompt}\nPlease reason step by step, and put your final answer within \\boxed{{}}."
+)
 DEFAULT_TEMPLATES = {"math": MATH_TEMPLATE}  # any other task: "{prompt}"
 
 MAX_RAW_CHARS = 2000  # a rejected row keeps at most this much of its raw text
@@ -61,24 +64,40 @@ class PromptSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="A local .jsonl or .parquet file, or a directory from Dataset.save_to_disk.")
+    path: str = Field(
+        description="A local .jsonl or .parquet file, or a directory from Dataset.save_to_disk."
+    )
     task: str = Field("math", description="Task name stored with every rollout; picks the default template.")
     prompt_column: str = Field("prompt", description="Column (JSON key) holding the prompt text.")
-    gold_column: str | None = Field("gold", description="Column with the reference answer; None for tasks without one.")
-    id_column: str | None = Field(None, description="Column with a unique prompt id; None hashes (task, prompt).")
+    gold_column: str | None = Field(
+        "gold", description="Column with the reference answer; None for tasks without one."
+    )
+    id_column: str | None = Field(
+        None, description="Column with a unique prompt id; None hashes (task, prompt)."
+    )
     template: str | None = Field(
         None,
         description="str.format template with {prompt} (literal braces doubled); None: the task's default "
         "(math: MATH_TEMPLATE, others: '{prompt}').",
     )
     use_chat_template: bool = Field(
-        True, description="Wrap the rendered prompt as a user turn with the tokenizer's chat template, if it has one."
+        True,
+        description="Wrap the rendered prompt as a user turn with the tokenizer's chat template, if it has one.",
     )
     max_prompt_tokens: int | None = Field(
-        None, ge=1, description="Longer rendered prompts are malformed rows (checked only when a tokenizer is given)."
+        None,
+        ge=1,
+        description="Longer rendered prompts are malformed rows (checked only when a tokenizer is given).",
     )
-    on_bad_row: Literal["fail", "skip"] = Field("fail", description="fail: raise listing bad rows; skip: drop them.")
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="fail: raise listing bad rows; skip: drop them."
+    )
     split: str | None = Field(None, description="Split of a saved DatasetDict (needed when it has several).")
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_as_str(cls, v: Any) -> Any:
+        return os.fspath(v) if isinstance(v, os.PathLike) else v
 
     @field_validator("template")
     @classmethod
@@ -90,7 +109,9 @@ class PromptSource(BaseModel):
         try:
             v.format(prompt="")
         except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"template is not a str.format template with only {{prompt}} ({e!r}); double literal braces") from e
+            raise ValueError(
+                f"template is not a str.format template with only {{prompt}} ({e!r}); double literal braces"
+            ) from e
         return v
 
     def resolved_template(self) -> str:
@@ -119,10 +140,13 @@ def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
     records, row_label = _read(path, source)
     file = str(path)
     template = source.resolved_template()
-    chat = bool(source.use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None))
+    chat = bool(
+        source.use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None)
+    )
 
     rejected: list[RejectedRow] = []
-    candidates: list[tuple[int, str, str, str | None, str | None, str]] = []  # row, raw prompt, rendered, gold, id, raw
+    # (row, raw prompt, rendered prompt, gold, id or None, raw JSON) of the rows that passed so far
+    candidates: list[tuple[int, str, str, str | None, str | None, str]] = []
     seen_ids: dict[str, int] = {}
     for row, record, raw, error in records:
         reason = error or _check(record, source)
@@ -147,7 +171,7 @@ def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
     if source.max_prompt_tokens is not None and tokenizer is not None:
         lengths = _token_counts(tokenizer, [c[2] for c in candidates])
         kept = []
-        for c, n in zip(candidates, lengths):
+        for c, n in zip(candidates, lengths, strict=True):
             if n > source.max_prompt_tokens:
                 reason = f"prompt has {n} tokens > max_prompt_tokens={source.max_prompt_tokens}"
                 rejected.append(RejectedRow(file, c[0], reason, c[5][:MAX_RAW_CHARS]))
@@ -168,8 +192,10 @@ def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
 def rejected_to_arrow(rejected: list[RejectedRow], run_id: str) -> pa.Table:
     """Rows for the store's ``rejected`` table (schema :data:`REJECTED_SCHEMA`)."""
     now = utcnow()
-    rows = [{"run_id": run_id, "file": r.file, "row": r.row, "reason": r.reason, "raw": r.raw, "created_at": now}
-            for r in rejected]
+    rows = [
+        {"run_id": run_id, "file": r.file, "row": r.row, "reason": r.reason, "raw": r.raw, "created_at": now}
+        for r in rejected
+    ]
     return pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)
 
 
@@ -185,7 +211,9 @@ def _read(path: Path, source: PromptSource) -> tuple[Iterator[Record], str]:
         return _read_jsonl(path), "line"
     if path.suffix == ".parquet":
         return _read_parquet(path, source), "row"
-    raise DatasetError(f"unsupported dataset file {str(path)!r}: use .jsonl, .parquet or a save_to_disk directory")
+    raise DatasetError(
+        f"unsupported dataset file {str(path)!r}: use .jsonl, .parquet or a save_to_disk directory"
+    )
 
 
 def _read_jsonl(path: Path) -> Iterator[Record]:
@@ -212,7 +240,9 @@ def _require_columns(path: Path, available: list[str], source: PromptSource) -> 
     """A missing column is a config error, not a row error: fail whatever on_bad_row says."""
     missing = [c for c in _columns(source) if c not in available]
     if missing:
-        raise DatasetError(f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(available)})")
+        raise DatasetError(
+            f"{path}: no column {', '.join(map(repr, missing))} (columns: {', '.join(available)})"
+        )
     return _columns(source)
 
 
@@ -242,8 +272,8 @@ def _read_saved(path: Path, source: PromptSource) -> Iterator[Record]:
     columns = _require_columns(path, ds.column_names, source)
     index = 0
     for batch in ds.select_columns(columns).iter(batch_size=4096):
-        for values in zip(*(batch[c] for c in columns)):
-            record = dict(zip(columns, values))
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            record = dict(zip(columns, values, strict=True))
             yield index, record, _to_json(record), None
             index += 1
 

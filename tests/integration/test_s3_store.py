@@ -78,6 +78,24 @@ def settle_settings(endpoint_url: str, **kw) -> S3Settings:
     return S3Settings(endpoint_url=endpoint_url, connect_timeout_seconds=1.0, **{**base, **kw})
 
 
+# -- settings (no server) -----------------------------------------------------------------------------
+def test_settings_follow_the_aws_env_conventions(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://generic:1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "https://s3-specific:2/")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    s = S3Settings()
+    assert (s.endpoint_url, s.region) == ("https://s3-specific:2", "eu-west-1")
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3")
+    assert (S3Settings().endpoint_url, S3Settings().region) == ("http://generic:1", "eu-north-1")
+    assert "access" not in " ".join(S3Settings.model_fields) and "secret" not in " ".join(
+        S3Settings.model_fields
+    )
+    with pytest.raises(ValueError, match="http:// or https://"):
+        S3Settings(endpoint_url="127.0.0.1:9000")
+
+
 # -- files -------------------------------------------------------------------------------------------
 def test_files_round_trip(s3_env, tmp_path):
     loc = open_location(s3_env)
@@ -138,7 +156,10 @@ def test_tables_and_sql_over_s3(s3_env):
     # prompt k passes k of 4 samples: pass rates 0, 1/4, 2/4
     rows = con.sql("SELECT prompt_id, avg(reward) FROM rollouts GROUP BY 1 ORDER BY 1").fetchall()
     assert rows == [("p0", 0.0), ("p1", 0.25), ("p2", 0.5)]
-    assert con.sql("SELECT run_id, status FROM runs ORDER BY 1").fetchall() == [("r1", "completed"), ("r2", "completed")]
+    assert con.sql("SELECT run_id, status FROM runs ORDER BY 1").fetchall() == [
+        ("r1", "completed"),
+        ("r2", "completed"),
+    ]
     assert con.sql("SELECT count(*) FROM metrics WHERE run_id = 'r2'").fetchone() == (3,)
 
     # Hive pruning: a filter on the partition columns opens one file of the six.
@@ -163,13 +184,18 @@ def test_duckdb_without_httpfs_reads_s3_through_pyarrow(s3_env, monkeypatch):
         tables.write_step_table(loc, "rollouts", "r1", step, rollouts("r1", step))
     monkeypatch.setattr(s3mod, "httpfs_extension_path", lambda: None)
     con = connect(loc)
-    assert con.sql("SELECT step, count(*) FROM rollouts GROUP BY 1 ORDER BY 1").fetchall() == [(0, 12), (1, 12)]
+    assert con.sql("SELECT step, count(*) FROM rollouts GROUP BY 1 ORDER BY 1").fetchall() == [
+        (0, 12),
+        (1, 12),
+    ]
     assert con.sql("SELECT count(*) FROM rollouts WHERE step = 1").fetchone() == (12,)
 
 
 def test_duckdb_errors_do_not_leak_the_secret(s3_env, s3_server, monkeypatch):
     loc = open_location(s3_env)
-    monkeypatch.setattr(s3mod, "_secret_sql", lambda settings, creds, bucket: f"CREATE SECRET oops ('{creds.secret_key}'")
+    monkeypatch.setattr(
+        s3mod, "_secret_sql", lambda settings, creds, bucket: f"CREATE SECRET oops ('{creds.secret_key}'"
+    )
     with pytest.raises(StoreError, match="cannot configure DuckDB") as ei:
         connect(loc)
     assert_no_secret(s3_server.secret_key, full_text(ei.value))
@@ -195,10 +221,15 @@ def test_two_runs_never_overwrite_each_other(s3_env):
     got = con.sql("SELECT run_id, step, count(*) FROM rollouts GROUP BY ALL ORDER BY ALL").fetchall()
     assert got == [(r, s, 12) for r in ("a", "b") for s in range(4)]
     # and every file holds only its own run's rows (run_id as written inside the file, not from the path)
-    files = f"read_parquet('{loc.uri_of('rollouts', '**', '*.parquet')}', hive_partitioning=false, filename=true)"
+    files = (
+        f"read_parquet('{loc.uri_of('rollouts', '**', '*.parquet')}', hive_partitioning=false, filename=true)"
+    )
     stray = f"SELECT count(*) FROM {files} WHERE filename NOT LIKE '%/run_id=' || run_id || '/%'"
     assert con.sql(stray).fetchone() == (0,)
-    assert con.sql("SELECT run_id, status FROM runs ORDER BY 1").fetchall() == [("a", "step3"), ("b", "step3")]
+    assert con.sql("SELECT run_id, status FROM runs ORDER BY 1").fetchall() == [
+        ("a", "step3"),
+        ("b", "step3"),
+    ]
     assert len(loc.list_files("runs", "run_id=a")) == 4
 
 
@@ -266,7 +297,9 @@ def test_outage_write_fails_cleanly_and_leaves_nothing(s3_env, s3_server, caplog
 
 
 def test_outage_shorter_than_the_backoff_is_retried_through(s3_env, s3_server, caplog):
-    loc = open_s3_location(s3_env, settle_settings(s3_server.endpoint_url, write_attempts=10, backoff_max_seconds=1.0))
+    loc = open_s3_location(
+        s3_env, settle_settings(s3_server.endpoint_url, write_attempts=10, backoff_max_seconds=1.0)
+    )
     s3_server.stop()
     restarter = threading.Timer(1.0, s3_server.start)
     restarter.start()

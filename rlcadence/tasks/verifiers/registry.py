@@ -5,7 +5,8 @@ added with :func:`register_verifier`, or a path to a user function ``"pkg.module
 ``"pkg.module.function"``) with the signature ``(completions, golds) -> list[VerifierResult | float]``.
 
 User functions run in a :class:`~rlcadence.tasks.verifiers.math.DeadlinePool` by default, one
-(completion, gold) pair per call (``fn([completion], [gold])``), with a per-call wall-clock limit:
+(completion, gold) pair per call (``fn([completion], [gold])``; pairs with the same gold go to the same
+worker process, so module-level caches help), with a per-call wall-clock limit:
 a call that hangs scores 0 with detail ``"timeout"``, one that raises scores 0 with
 ``"error: <Type>: <message>"``, and the next batch runs as usual. The worker imports the function by
 its path, so it must live in an importable module (not a notebook cell or a lambda).
@@ -49,7 +50,9 @@ def get_verifier(name_or_path: str, **kwargs: Any) -> Verifier:
         return _FACTORIES[name_or_path](**kwargs)
     if "." not in name_or_path and ":" not in name_or_path:
         known = ", ".join(sorted(_FACTORIES))
-        raise ValueError(f"unknown verifier {name_or_path!r}: use one of {known} or a path 'pkg.module:function'")
+        raise ValueError(
+            f"unknown verifier {name_or_path!r}: use one of {known} or a path 'pkg.module:function'"
+        )
     return FunctionVerifier(name_or_path, **kwargs)
 
 
@@ -64,10 +67,14 @@ def load_function(path: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ImportError(f"cannot import verifier {path!r}: module {module_name!r} not importable ({e})") from e
+        raise ImportError(
+            f"cannot import verifier {path!r}: module {module_name!r} not importable ({e})"
+        ) from e
     fn = getattr(module, attr, None)
     if fn is None:
-        raise ImportError(f"cannot import verifier {path!r}: module {module_name!r} has no attribute {attr!r}")
+        raise ImportError(
+            f"cannot import verifier {path!r}: module {module_name!r} has no attribute {attr!r}"
+        )
     if not callable(fn):
         raise TypeError(f"verifier {path!r} is a {type(fn).__name__}, not a function")
     return fn
@@ -85,7 +92,9 @@ def _as_results(values: Any, n: int, path: str) -> list[VerifierResult]:
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out.append(VerifierResult(float(v), "ok"))
         else:
-            raise TypeError(f"verifier {path!r} returned a {type(v).__name__}; expected VerifierResult or float")
+            raise TypeError(
+                f"verifier {path!r} returned a {type(v).__name__}; expected VerifierResult or float"
+            )
     return out
 
 
@@ -115,9 +124,9 @@ class FunctionVerifier:
             return []
         if self._pool is None:
             self._pool = DeadlinePool(self.workers, self.timeout_s)
-        args = [(self.path, c, g) for c, g in zip(completions, golds)]
+        args = [(self.path, c, g) for c, g in zip(completions, golds, strict=True)]
         out = []
-        for status, value in self._pool.run(f"{__name__}:call_user_one", args):
+        for status, value in self._pool.run(f"{__name__}:call_user_one", args, keys=list(golds)):
             if status == "ok":
                 out.append(value)
             elif status == "timeout":
