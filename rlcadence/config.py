@@ -39,6 +39,9 @@ class OptimizerConfig(Strict):
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD only; 0 as in paper C.")
     grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; None disables clipping.")
+    warmup_steps: int = Field(
+        10, ge=0, description="Linear LR warm-up. A fresh Adam's first steps are sign steps of size lr on every weight, "
+        "which wrecks a converged seed model (measured: 39% -> 5% held-out after one step at 1e-3).")
     master_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the trained weights.")
 
     DEFAULT_LR: dict[str, float] = {"adamw": 1e-3, "sgd": 0.3}
@@ -46,6 +49,12 @@ class OptimizerConfig(Strict):
     @property
     def resolved_lr(self) -> float:
         return self.lr if self.lr is not None else self.DEFAULT_LR[self.name]
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of optimizer step ``step`` (0-based): stateless, so resume needs no scheduler."""
+        if self.warmup_steps and step < self.warmup_steps:
+            return self.resolved_lr * (step + 1) / self.warmup_steps
+        return self.resolved_lr
 
 
 class BootstrapConfig(Strict):

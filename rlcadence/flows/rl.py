@@ -37,7 +37,8 @@ def finish_run(config: RLConfig, run_id: str, summary: dict) -> dict:
     loc = open_location(config.store)
     params = config.model_dump(mode="json") | {"run_id": run_id}
     summary["final_model"] = stages.export_final_model(config, run_id, config.steps)
-    tables.write_run_status(loc, run_id, "completed", params, **{k: v for k, v in summary.items() if k != "run_id"})
+    extra = {k: v for k, v in summary.items() if k != "run_id"}
+    tables.write_run_status(loc, run_id, "completed", params, flow_run_id=str(runtime.flow_run.id or ""), **extra)
     return summary
 
 

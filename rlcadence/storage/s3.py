@@ -55,7 +55,7 @@ def _env(*names: str) -> str | None:
 class S3Settings(BaseModel):
     """How to reach an S3 store. Contains no secrets: keys come from the AWS credential chain."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)  # env values too
 
     endpoint_url: str | None = Field(
         default_factory=lambda: _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
@@ -161,14 +161,12 @@ def resolve_credentials(settings: S3Settings) -> _Credentials:
     return _Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
 
-# -- the up-front bucket check ----------------------------------------------------------------------
-def check_bucket(settings: S3Settings, creds: _Credentials, bucket: str) -> None:
-    """HEAD the bucket with a short timeout; raise StoreError naming endpoint, bucket and the cause."""
+def boto3_client(settings: S3Settings, creds: _Credentials, max_attempts: int):
+    """A boto3 S3 client for control calls (bucket check, upload cleanup), with short timeouts."""
     import boto3
     import botocore.config
-    import botocore.exceptions as bex
 
-    client = boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=settings.endpoint_url,
         region_name=settings.region,
@@ -178,10 +176,18 @@ def check_bucket(settings: S3Settings, creds: _Credentials, bucket: str) -> None
         config=botocore.config.Config(
             connect_timeout=settings.connect_timeout_seconds,
             read_timeout=max(settings.connect_timeout_seconds, 5.0),
-            retries={"max_attempts": min(settings.max_attempts, 2), "mode": "standard"},
+            retries={"max_attempts": max_attempts, "mode": "standard"},
             s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
         ),
     )
+
+
+# -- the up-front bucket check ----------------------------------------------------------------------
+def check_bucket(settings: S3Settings, creds: _Credentials, bucket: str) -> None:
+    """HEAD the bucket with a short timeout; raise StoreError naming endpoint, bucket and the cause."""
+    import botocore.exceptions as bex
+
+    client = boto3_client(settings, creds, max_attempts=min(settings.max_attempts, 2))
     where = f"bucket {bucket!r} at endpoint {settings.endpoint_label}"
     try:
         client.head_bucket(Bucket=bucket)
@@ -272,23 +278,57 @@ class S3StoreLocation(StoreLocation):
         return self._credentials or resolve_credentials(self.settings)
 
     def write_bytes(self, data: bytes, *parts: str) -> str:
+        key = self.path(*parts)
         return self._retrying(
-            f"write {self.uri_of(*parts)}", lambda: StoreLocation.write_bytes(self, data, *parts)
+            f"write {self.uri_of(*parts)}",
+            lambda: StoreLocation.write_bytes(self, data, *parts),
+            cleanup=lambda: self.abort_uploads(key, exact=True),
         )
 
     def put_dir(self, local_dir: Path, *parts: str) -> str:
         # Drop an old marker first: a directory being replaced must not look complete half-way through.
         self._retrying(f"unmark {self.uri_of(*parts)}", lambda: self.delete_file(*parts, "_COMPLETE"))
         return self._retrying(
-            f"put_dir {self.uri_of(*parts)}", lambda: StoreLocation.put_dir(self, local_dir, *parts)
+            f"put_dir {self.uri_of(*parts)}",
+            lambda: StoreLocation.put_dir(self, local_dir, *parts),
+            cleanup=lambda: self.abort_uploads(self.path(*parts) + "/"),
         )
 
-    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+    def abort_uploads(self, prefix: str, exact: bool = False) -> int:
+        """Abort unfinished multipart uploads under ``bucket/prefix`` (or of exactly that key); best effort.
+
+        A failed large upload is never visible, but its parts stay on the server (billed on AWS) until
+        aborted. Keys here are deterministic, so the only other writer of the same key would be a
+        duplicate of the same write, which then fails and retries. Returns how many were aborted.
+        """
+        bucket, _, key = prefix.partition("/")
+        n = 0
+        try:
+            client = boto3_client(self.settings, self.credentials, max_attempts=1)
+            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=key):
+                for u in page.get("Uploads", []):
+                    if not exact or u["Key"] == key:
+                        client.abort_multipart_upload(Bucket=bucket, Key=u["Key"], UploadId=u["UploadId"])
+                        n += 1
+        except Exception as e:  # the server may still be down; a later attempt cleans up
+            log.debug("could not abort uploads under s3://%s: %s", prefix, type(e).__name__)
+        if n:
+            log.info("aborted %d unfinished multipart upload(s) under s3://%s", n, prefix)
+        return n
+
+    def _retrying(self, what: str, fn: Callable[[], T], cleanup: Callable[[], object] | None = None) -> T:
+        """Run ``fn`` up to ``write_attempts`` times with exponential backoff on transient errors.
+
+        ``cleanup`` runs after each failed attempt, and once more after a success that followed failures
+        (the server may have been unreachable when the failed attempts tried to clean up).
+        """
         s, start = self.settings, time.monotonic()
         for attempt in range(1, s.write_attempts + 1):
             try:
-                return fn()
+                out = fn()
             except OSError as e:
+                if cleanup:
+                    cleanup()
                 msg = self.credentials.redact(str(e))
                 if not is_transient(e) or attempt == s.write_attempts:
                     raise StoreError(
@@ -305,6 +345,10 @@ class S3StoreLocation(StoreLocation):
                     msg,
                 )
                 time.sleep(wait)
+            else:
+                if cleanup and attempt > 1:
+                    cleanup()
+                return out
         raise AssertionError("unreachable")
 
     def __reduce__(self):

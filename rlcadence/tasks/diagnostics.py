@@ -105,3 +105,14 @@ def adam_moment_grad_cosine(
 def grad_global_norm(params: Iterable[torch.nn.Parameter]) -> float:
     """sqrt(sum of squared gradient entries) over params that have a gradient (0.0 if none)."""
     return math.sqrt(sum(float(p.grad.detach().double().pow(2).sum()) for p in params if p.grad is not None))
+
+
+def peak_memory_bytes() -> int:
+    """Peak GPU memory allocated when on CUDA, else this process's peak resident set size."""
+    if torch.cuda.is_available():
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+    import sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # Linux reports KiB

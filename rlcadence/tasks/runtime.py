@@ -39,6 +39,7 @@ class RunRuntime:
     engine: TransformersEngine | None = None
     ref_model: torch.nn.Module | None = None
     ref_version: int | None = None
+    snapshots: dict[int, dict[str, torch.Tensor]] | None = None  # bf16 weights by checkpoint step
 
 
 _RUNTIMES: dict[str, RunRuntime] = {}
@@ -100,3 +101,15 @@ def reference_at(rt: RunRuntime, version: int) -> torch.nn.Module:
         rt.ref_model = AutoModelForCausalLM.from_pretrained(checkpoint_dir(rt, version)).eval()
         rt.ref_version = version
     return rt.ref_model
+
+
+def bf16_snapshot(rt: RunRuntime, step: int) -> dict[str, torch.Tensor]:
+    """Weights of checkpoint ``step`` in bf16 (for update sparsity), kept for the two versions in use."""
+    if rt.snapshots is None:
+        rt.snapshots = {}
+    if step not in rt.snapshots:
+        model = AutoModelForCausalLM.from_pretrained(checkpoint_dir(rt, step))
+        rt.snapshots[step] = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
+        for old in [s for s in rt.snapshots if s not in (0, step)][:-1]:
+            del rt.snapshots[old]
+    return rt.snapshots[step]

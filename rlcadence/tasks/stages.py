@@ -29,6 +29,7 @@ from rlcadence.tasks.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from rlcadence.tasks.diagnostics import optimizer_state_bytes, peak_memory_bytes, update_sparsity
 from rlcadence.tasks.engine.hf import engine_from_model
 from rlcadence.tasks.evaluate import heldout_accuracy
 from rlcadence.tasks.objectives import (
@@ -141,12 +142,15 @@ def train(cfg: RLConfig, run_id: str, step: int) -> dict[str, float]:
     rt = runtime.runtime(run_id, cfg.store)
     policy = runtime.policy_at(rt, cfg, step)
     t0 = time.perf_counter()
+    for group in policy.optimizer.param_groups:
+        group["lr"] = cfg.optimizer.lr_at(step)
     try:
         metrics = _update(rt, policy, cfg, step)
     except BaseException:
         rt.policy = None  # weights may be half-updated: a retry reloads checkpoint `step`
         raise
     state = policy.state
+    step_generator_version = state.generator_version
     state.step = step + 1
     state.data_cursor += cfg.prompts_per_step
     if is_due(state.step, cfg.sync_every):
@@ -155,12 +159,31 @@ def train(cfg: RLConfig, run_id: str, step: int) -> dict[str, float]:
         state.ref_version = state.step
     state.optimizer = policy.optimizer.state_dict()
     metrics["time/train_s"] = time.perf_counter() - t0
+    metrics["train/lr"] = cfg.optimizer.lr_at(step)
     t1 = time.perf_counter()
     save_checkpoint(rt.loc, run_id, policy.model, policy.tokenizer, state)
     metrics["time/checkpoint_s"] = time.perf_counter() - t1
+    metrics |= update_diagnostics(rt, policy, last_sync=step_generator_version)
     metrics["sync/generator_version"] = float(state.generator_version)
     metrics["sync/ref_version"] = float(state.ref_version)
     return metrics
+
+
+def update_diagnostics(rt, policy, last_sync: int) -> dict[str, float]:
+    """Paper C's diagnostics: bf16 update sparsity vs the initial weights and vs the generator's version
+    (the last sync), optimizer state bytes and peak memory."""
+    now = {k: v.detach() for k, v in policy.model.state_dict().items()}
+    tied = [("model.embed_tokens.weight", "lm_head.weight")] if "lm_head.weight" in now and policy.model.config.tie_word_embeddings else []
+    vs_init = update_sparsity(runtime.bf16_snapshot(rt, 0), now, tied=tied)
+    vs_sync = update_sparsity(runtime.bf16_snapshot(rt, last_sync), now, tied=tied)
+    return {
+        "sparsity/unchanged_vs_initial": vs_init.unchanged_fraction,
+        "sparsity/changed_vs_initial": float(vs_init.changed),
+        "sparsity/unchanged_vs_last_sync": vs_sync.unchanged_fraction,
+        "sparsity/parameters": float(vs_init.total),
+        "memory/optimizer_state_bytes": float(optimizer_state_bytes(policy.optimizer)),
+        "memory/peak_rss_bytes": float(peak_memory_bytes()),
+    }
 
 
 def _needs_reference(cfg: RLConfig) -> bool:

@@ -101,7 +101,7 @@ def sft_update(model, optimizer, batch: PackedBatch, cfg: OptimizerConfig, micro
         logp, _ = forward_logprobs(model, mb)
         loss = -(logp * mb.completion_mask).sum() / total_tokens
         loss.backward()
-        loss_sum += float(loss)
+        loss_sum += float(loss.detach())
     return {"train/loss": loss_sum, **optimizer_step(model, optimizer, cfg)}
 
 

@@ -322,6 +322,7 @@ class CuttingProxy:
     def __init__(self, target_port: int, cut_after: int, cuts: int | None = None):
         self.target, self.cut_after, self.cuts_left, self.cut = target_port, cut_after, cuts, 0
         self.lock = threading.Lock()
+        self.conns: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -333,6 +334,7 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
             threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
             threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
 
@@ -369,7 +371,10 @@ class CuttingProxy:
             pass
 
     def close(self) -> None:
+        """Stop listening and drop every proxied connection (open ones would delay the server's shutdown)."""
         self.sock.close()
+        for s in self.conns:
+            s.close()
 
 
 @pytest.mark.parametrize("size_mb", [4, 12])  # one PUT; a multipart upload (pyarrow parts are 10 MB)
@@ -388,6 +393,7 @@ def test_upload_cut_mid_body_never_leaves_a_partial_object(size_mb, s3_env, s3_s
         dead.close()
     assert dead.cut >= 3
     assert client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount") == 0  # nothing visible
+    assert "Uploads" not in client.list_multipart_uploads(Bucket=bucket)  # and no parts left behind
 
     flaky = CuttingProxy(port, cut_after=1 << 20, cuts=2)  # two dropped connections, then a good network
     try:
@@ -399,3 +405,4 @@ def test_upload_cut_mid_body_never_leaves_a_partial_object(size_mb, s3_env, s3_s
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
     assert [(o["Key"], o["Size"]) for o in listed] == [(f"{prefix}/big.bin", len(payload))]
     assert loc.read_bytes("big.bin") == payload
+    assert "Uploads" not in client.list_multipart_uploads(Bucket=bucket)  # failed attempts' parts aborted
