@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from rlcadence.config import DEFAULT_STORE, RLConfig
 from rlcadence.presets import PRESETS
+from rlcadence.tasks.datasets import DatasetError
 
 
 def _quiet_environment() -> None:
@@ -99,11 +100,21 @@ def cmd_run(args) -> int:
         from rlcadence.tasks.model_source import resolve_model_dir
 
         resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
+    preflight_datasets(config)
     from rlcadence.flows.rl import rl
 
     summary = rl(config)
     print_summary(summary)
     return 0
+
+
+def preflight_datasets(config: RLConfig) -> None:
+    """Read every dataset file before the flow starts: a missing file or (in fail mode) bad rows stop here."""
+    from rlcadence.tasks.datasets import load_prompts
+
+    for task in config.tasks:
+        if task.source is not None:
+            load_prompts(task.source.model_copy(update={"task": task.name}))
 
 
 def print_summary(summary: dict) -> None:
@@ -238,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, DatasetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

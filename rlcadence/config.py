@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rlcadence.tasks.engine.base import SamplingParams
 from rlcadence.tasks.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
+from rlcadence.tasks.task_mix import TaskSpec
 from rlcadence.tasks.tiny_model import TinyModelConfig
 
 DEFAULT_STORE = ".rlcadence/store"
@@ -76,12 +77,22 @@ class RLConfig(Strict):
     store: str = Field(DEFAULT_STORE, description="Local directory or s3://bucket/prefix for all run data.")
     model: str | None = Field(None, description="Model dir or hub id; None = the embedded bootstrap model.")
     bootstrap: BootstrapConfig = BootstrapConfig()
+    tasks: list[TaskSpec] = Field(
+        default_factory=lambda: [TaskSpec()], min_length=1,
+        description="The task mix; default: the embedded arithmetic task. Add {kind: toy_pref} for a "
+        "non-verifiable task scored by a deterministic stand-in for a reward model.")
     seed: int = 0
     steps: int = Field(40, ge=1, description="Optimizer steps.")
     prompts_per_step: int = Field(32, ge=1, description="M: prompts per optimizer step.")
     group_size: int = Field(8, ge=2, description="G: samples per prompt (GRPO group / DPO candidates).")
     sampling: SamplingParams = SamplingParams(max_new_tokens=6)
-    algorithm: Literal["grpo", "dpo"] = "grpo"
+    algorithm: Literal["grpo", "dpo", "sft"] = Field(
+        "grpo", description="grpo: group-relative policy gradient (PPO-clip when ppo_epochs/mini_batches > 1); "
+        "dpo: pairs from each prompt's G samples; sft: cross-entropy on the gold answers of the same prompts "
+        "(rollouts are still generated and scored, so SFT and RL runs are compared on one table).")
+    generation_batch_prompts: int | None = Field(
+        None, ge=1, description="Prompts per engine call. None = all M x G samples of a step in one call "
+        "(DASH pre-sampling); a small value samples per micro-batch, the baseline DASH is measured against.")
     advantage: AdvantageConfig = AdvantageConfig()
     policy_loss: PolicyLossConfig = PolicyLossConfig()
     filter: FilterConfig = FilterConfig()
@@ -111,6 +122,15 @@ class RLConfig(Strict):
             raise ValueError(f"mini_batches={self.mini_batches} exceeds the batch ({rows} rows = prompts_per_step x group_size)")
         if self.micro_batch_size is not None and self.micro_batch_size > rows:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} is larger than the batch ({rows} rows)")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks: names must be unique, got {names}")
+        if self.prompts_per_step < len(self.tasks):
+            raise ValueError(f"prompts_per_step={self.prompts_per_step} is smaller than the number of tasks")
+        if self.algorithm == "dpo" and (self.ppo_epochs > 1 or self.filter.tau is not None):
+            raise ValueError("algorithm=dpo takes neither ppo_epochs > 1 nor filter.tau (pairs are not filtered)")
+        if self.generation_batch_prompts is not None and self.generation_batch_prompts > self.prompts_per_step:
+            raise ValueError(f"generation_batch_prompts={self.generation_batch_prompts} exceeds prompts_per_step={self.prompts_per_step}")
         return self
 
     @property

@@ -42,6 +42,11 @@ def finish_run(config: RLConfig, run_id: str, summary: dict) -> dict:
     return summary
 
 
+def _fmt(evaluated: dict) -> str:
+    acc = evaluated.get("eval/accuracy")
+    return "n/a (no held-out split)" if acc is None else f"{acc:.3f}"
+
+
 def seed_model(config: RLConfig) -> str:
     if config.model is not None:
         return str(resolve_model_dir(config.model))  # fails naming the path before any work
@@ -69,7 +74,7 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     )
     run = start_run(config, run_id, model_dir)
     before = ev(config, run_id, 0)
-    log.info(f"run {run_id}: start at step {run.start_step}/{config.steps}; held-out accuracy {before['eval/accuracy']:.3f}")
+    log.info(f"run {run_id}: start at step {run.start_step}/{config.steps}; held-out accuracy {_fmt(before)}")
     after = before
     for step in range(run.start_step, config.steps):
         generated = gen(config, run_id, step)
@@ -79,15 +84,14 @@ def rl(config: RLConfig = RLConfig()) -> dict:
         evaluated = ev(config, run_id, step + 1) if (step + 1) % config.eval_every == 0 or last else {}
         rec(config, run_id, step, {**scored, **trained, **evaluated})
         after = evaluated or after
-        log.info(f"step {step}: reward {scored['reward/mean']:.3f}"
-                 + (f", held-out {evaluated['eval/accuracy']:.3f}" if evaluated else ""))
+        log.info(f"step {step}: reward {scored['reward/mean']:.3f}" + (f", held-out {_fmt(evaluated)}" if evaluated else ""))
     if run.start_step >= config.steps:
         after = ev(config, run_id, config.steps)
     summary = {
         "run_id": run_id,
         "bootstrap_accuracy": bootstrap_metrics(model_dir).get("bootstrap/heldout_accuracy"),
-        "initial_accuracy": before["eval/accuracy"],
-        "final_accuracy": after["eval/accuracy"],
+        "initial_accuracy": before.get("eval/accuracy"),
+        "final_accuracy": after.get("eval/accuracy"),
         "steps": config.steps,
     }
     return finish_run(config, run_id, summary)

@@ -40,6 +40,7 @@ class RunRuntime:
     ref_model: torch.nn.Module | None = None
     ref_version: int | None = None
     snapshots: dict[int, dict[str, torch.Tensor]] | None = None  # bf16 weights by checkpoint step
+    tasks: list | None = None  # task_mix.LiveTask, opened once per process
 
 
 _RUNTIMES: dict[str, RunRuntime] = {}
@@ -113,3 +114,13 @@ def bf16_snapshot(rt: RunRuntime, step: int) -> dict[str, torch.Tensor]:
         for old in [s for s in rt.snapshots if s not in (0, step)][:-1]:
             del rt.snapshots[old]
     return rt.snapshots[step]
+
+
+def live_tasks(rt: RunRuntime, cfg: RLConfig, tokenizer=None) -> list:
+    """The run's tasks, opened once per process (dataset files read and validated, scorers started)."""
+    if rt.tasks is None:
+        from rlcadence.tasks.task_mix import open_tasks
+
+        t = cfg.bootstrap.task
+        rt.tasks = open_tasks(cfg.tasks, cfg.seed, t.split_seed, t.digits, t.n_heldout, tokenizer)
+    return rt.tasks

@@ -22,7 +22,6 @@ from rlcadence.config import RLConfig, is_due
 from rlcadence.storage import tables
 from rlcadence.storage.location import open_location
 from rlcadence.tasks import runtime
-from rlcadence.tasks.arithmetic import TASK_NAME, make_splits, verify_sum
 from rlcadence.tasks.checkpoint import (
     TrainerState,
     checkpoint_steps,
@@ -33,13 +32,17 @@ from rlcadence.tasks.diagnostics import optimizer_state_bytes, peak_memory_bytes
 from rlcadence.tasks.engine.hf import engine_from_model
 from rlcadence.tasks.evaluate import heldout_accuracy
 from rlcadence.tasks.objectives import (
+    PairSelection,
     gradient_filter_mask,
     group_advantages,
+    select_pairs_scored,
     select_pairs_verifiable,
     zero_advantage_group_fraction,
 )
 from rlcadence.tasks.rollouts import PromptRow, completions_table, with_scores
-from rlcadence.tasks.train import dpo_update, pack, policy_update
+from rlcadence.tasks.task_mix import split_prompts
+from rlcadence.tasks.train import dpo_update, pack, policy_update, sft_update
+from rlcadence.tasks.verifiers.base import VerifierResult
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,13 @@ def init_run(cfg: RLConfig, run_id: str, model_dir: Path) -> RunStart:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         state = TrainerState(step=0, data_cursor=0, generator_version=0, ref_version=0)
         save_checkpoint(loc, run_id, model, tokenizer, state)
+    tasks = runtime.live_tasks(runtime.runtime(run_id, cfg.store), cfg, AutoTokenizer.from_pretrained(model_dir))
+    rejected = [r for t in tasks for r in t.rejected]
+    if rejected:
+        from rlcadence.tasks.datasets import rejected_to_arrow
+
+        table = rejected_to_arrow(rejected, run_id)
+        loc.write_bytes(tables.table_to_parquet_bytes(table), "rejected", f"run_id={run_id}", "part-0.parquet")
     done = tables.committed_steps(loc, "metrics", run_id)
     start = max(done) + 1 if done else 0
     if start not in checkpoint_steps(loc, run_id):
@@ -86,9 +96,11 @@ def init_run(cfg: RLConfig, run_id: str, model_dir: Path) -> RunStart:
     return RunStart(run_id, start)
 
 
-def _train_split(cfg: RLConfig):
-    t = cfg.bootstrap.task
-    return make_splits(t.split_seed, t.digits, t.n_heldout)
+def step_prompts(rt, cfg: RLConfig, tokenizer, step: int) -> list[PromptRow]:
+    """The step's prompts: each task's share, from its own stream at cursor step x share (resumable)."""
+    tasks = runtime.live_tasks(rt, cfg, tokenizer)
+    counts = split_prompts(cfg.prompts_per_step, [t.spec.weight for t in tasks])
+    return [p for t, n in zip(tasks, counts, strict=True) for p in t.prompts(step * n, n)]
 
 
 def generate(cfg: RLConfig, run_id: str, step: int) -> str:
@@ -97,12 +109,14 @@ def generate(cfg: RLConfig, run_id: str, step: int) -> str:
     policy = runtime.policy_at(rt, cfg, step)
     version = policy.state.generator_version
     engine = runtime.generator_at(rt, version)
-    train, _ = _train_split(cfg)
-    problems = train.batch(policy.state.data_cursor, cfg.prompts_per_step)
-    prompts = [PromptRow(p.prompt_id, p.task, p.prompt, p.gold) for p in problems]
+    prompts = step_prompts(rt, cfg, policy.tokenizer, step)
     sampling = cfg.sampling.model_copy(update={"seed": derive_seed(cfg.seed, step, "generate")})
     t0 = time.perf_counter()
-    groups = engine.generate([p.prompt for p in prompts], cfg.group_size, sampling)
+    chunk = cfg.generation_batch_prompts or len(prompts)
+    groups = []
+    for i in range(0, len(prompts), chunk):  # one call = pre-sampling; several = per-micro-batch sampling
+        call = sampling.model_copy(update={"seed": derive_seed(cfg.seed, step, "generate", i)})
+        groups += engine.generate([p.prompt for p in prompts[i : i + chunk]], cfg.group_size, call)
     faults.maybe_crash("generate", step)
     table = completions_table(run_id, step, version, prompts, groups, time.perf_counter() - t0)
     return rt.loc.write_bytes(tables.table_to_parquet_bytes(table), "staging", run_id, f"step={step}", "generated.parquet")
@@ -110,17 +124,21 @@ def generate(cfg: RLConfig, run_id: str, step: int) -> str:
 
 def score(cfg: RLConfig, run_id: str, step: int, generated: str) -> dict[str, float]:
     """Verify, compute group advantages and the gradient filter, and commit the step's rollout rows."""
-    loc = open_location(cfg.store)
+    rt = runtime.runtime(run_id, cfg.store)
+    loc = rt.loc
     table = pq.read_table(io.BytesIO(loc.read_bytes(_relative(loc, generated))))
     t0 = time.perf_counter()
-    results = verify_sum(table.column("completion").to_pylist(), table.column("gold").to_pylist())
+    task_col = table.column("task").to_pylist()
+    results = score_by_task(runtime.live_tasks(rt, cfg), task_col, table.column("prompt").to_pylist(),
+                            table.column("completion").to_pylist(), table.column("gold").to_pylist())
     rewards = torch.tensor([r.reward for r in results], dtype=torch.float64)  # [M*G]
     advantages = group_advantages(rewards, cfg.group_size, cfg.advantage)  # [M*G]
     kept = gradient_filter_mask(advantages, cfg.filter.tau)  # [M*G]
     table = with_scores(table, results, advantages, kept, time.perf_counter() - t0)
     tables.write_step_table(loc, "rollouts", run_id, step, table)
     lengths = torch.tensor(table.column("completion_tokens").to_pylist(), dtype=torch.float64)
-    return {
+    per_task = per_task_reward_metrics(runtime.live_tasks(rt, cfg), task_col, rewards) if len(cfg.tasks) > 1 else {}
+    return per_task | {
         "reward/mean": float(rewards.mean()),
         "reward/accuracy": float((rewards >= 1.0).double().mean()),
         "rollout/mean_length": float(lengths.mean()),
@@ -130,6 +148,32 @@ def score(cfg: RLConfig, run_id: str, step: int, generated: str) -> dict[str, fl
         "time/generate_s": float(sum(table.column("generate_seconds").to_pylist())),
         "time/score_s": time.perf_counter() - t0,
     }
+
+
+def score_by_task(tasks, task_col, prompts, completions, golds) -> list[VerifierResult]:
+    """Each row scored by its own task's verifier or scorer, in one call per task."""
+    results: list[VerifierResult | None] = [None] * len(task_col)
+    for task in tasks:
+        idx = [i for i, name in enumerate(task_col) if name == task.spec.name]
+        if idx:
+            scored = task.score([prompts[i] for i in idx], [completions[i] for i in idx], [golds[i] for i in idx])
+            for i, r in zip(idx, scored, strict=True):
+                results[i] = r
+    missing = [task_col[i] for i, r in enumerate(results) if r is None]
+    if missing:
+        raise ValueError(f"rollouts of unknown task(s) {sorted(set(missing))}")
+    return results  # type: ignore[return-value]
+
+
+def per_task_reward_metrics(tasks, task_col, rewards: torch.Tensor) -> dict[str, float]:
+    out = {}
+    for task in tasks:
+        mask = torch.tensor([name == task.spec.name for name in task_col])
+        if bool(mask.any()):
+            out[f"reward/mean_{task.spec.name}"] = float(rewards[mask].mean())
+            if task.spec.verifiable:
+                out[f"reward/accuracy_{task.spec.name}"] = float((rewards[mask] >= 1.0).double().mean())
+    return out
 
 
 def _relative(loc, uri: str) -> str:
@@ -186,6 +230,23 @@ def update_diagnostics(rt, policy, last_sync: int) -> dict[str, float]:
     }
 
 
+def dpo_pairs(tasks, rows: list[dict], group_size: int, seed: int) -> PairSelection:
+    """Pairs within each task: verifiable -> random correct vs random incorrect; scored -> best vs worst."""
+    rng = random.Random(seed)
+    chosen, rejected, skipped = [], [], 0
+    for task in tasks:
+        idx = [i for i, r in enumerate(rows) if r["task"] == task.spec.name]
+        if not idx:
+            continue
+        rewards = torch.tensor([rows[i]["reward"] for i in idx])
+        sel = (select_pairs_verifiable(rewards, group_size, rng) if task.spec.verifiable
+               else select_pairs_scored(rewards, group_size))
+        chosen += [idx[i] for i in sel.chosen]
+        rejected += [idx[i] for i in sel.rejected]
+        skipped += sel.skipped_groups
+    return PairSelection(chosen, rejected, skipped)
+
+
 def _needs_reference(cfg: RLConfig) -> bool:
     return cfg.algorithm == "dpo" or cfg.policy_loss.kl_beta > 0
 
@@ -196,9 +257,12 @@ def _update(rt, policy, cfg: RLConfig, step: int) -> dict[str, float]:
     prompt_ids = [[tok.bos_token_id] + tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
     completion_ids = [r["token_ids"] for r in rows]
     ref = runtime.reference_at(rt, policy.state.ref_version) if _needs_reference(cfg) else None
+    if cfg.algorithm == "sft":
+        gold_ids = [tok(r["gold"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows[:: cfg.group_size]]
+        batch = pack(prompt_ids[:: cfg.group_size], gold_ids, tok.pad_token_id)
+        return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, cfg.micro_batch_size)
     if cfg.algorithm == "dpo":
-        rewards = torch.tensor([r["reward"] for r in rows])
-        pairs = select_pairs_verifiable(rewards, cfg.group_size, random.Random(derive_seed(cfg.seed, step, "pairs")))
+        pairs = dpo_pairs(runtime.live_tasks(rt, cfg), rows, cfg.group_size, derive_seed(cfg.seed, step, "pairs"))
         pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tok.pad_token_id)  # noqa: E731
         out = dpo_update(policy.model, policy.optimizer, pick(pairs.chosen), pick(pairs.rejected), ref, cfg)
         out["dpo/skipped_groups"] = float(pairs.skipped_groups)
@@ -214,17 +278,31 @@ def evaluate(cfg: RLConfig, run_id: str, policy_step: int) -> dict[str, float]:
     """Greedy held-out accuracy of the trainer's weights after ``policy_step`` updates."""
     rt = runtime.runtime(run_id, cfg.store)
     policy = runtime.policy_at(rt, cfg, policy_step)
-    _, heldout = _train_split(cfg)
-    heldout = heldout[: cfg.eval_size]
     engine = engine_from_model(policy.model.eval(), policy.tokenizer, policy_step)
-    return heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], verify_sum,
-                            cfg.eval_sampling)
+    out: dict[str, float] = {}
+    for i, task in enumerate(runtime.live_tasks(rt, cfg, policy.tokenizer)):
+        heldout = task.heldout(cfg.eval_size)
+        if not heldout:
+            continue
+        scorer = _as_verifier(task, [p.prompt for p in heldout])
+        m = heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], scorer, cfg.eval_sampling)
+        if i == 0:
+            out |= m  # the first task's figures are the run's headline eval/accuracy
+        if len(cfg.tasks) > 1:
+            out[f"eval/accuracy_{task.spec.name}"] = m["eval/accuracy"]
+    return out
+
+
+def _as_verifier(task, prompts: list[str]):
+    """Held-out scoring through the task (its verifier or scorer) with the Verifier signature."""
+    return lambda completions, golds: task.score(prompts[: len(completions)], completions, golds)
 
 
 def record_step(cfg: RLConfig, run_id: str, step: int, metrics: dict[str, float]) -> str:
     """Commit the step (its metrics row is the commit point), then drop staging and old checkpoints."""
     loc = open_location(cfg.store)
-    uri = tables.write_metrics(loc, run_id, step, {"task": TASK_NAME, **metrics_columns(metrics)})
+    tasks = ",".join(t.name for t in cfg.tasks)
+    uri = tables.write_metrics(loc, run_id, step, {"tasks": tasks, **metrics_columns(metrics)})
     loc.delete_dir("staging", run_id, f"step={step}")
     rt = runtime.runtime(run_id, cfg.store)
     if rt.policy is not None:

@@ -1,0 +1,196 @@
+"""Every objective of the three papers through the real flow (`rl(RLConfig)`): one short run each
+(2 steps, 8 prompts x 4 samples) on the session's seed model, checking that its diagnostics reach the
+``metrics`` table with plausible values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlcadence.config import RLConfig
+from rlcadence.flows.rl import rl
+from rlcadence.tasks import runtime
+from tests.integration.helpers import small_config, sql
+
+pytestmark = pytest.mark.slow
+
+STEPS, PROMPTS, GROUP = 2, 8, 4
+ROWS = PROMPTS * GROUP
+
+
+def _run(seed_model, store, run_id: str, **overrides) -> dict:
+    cfg = RLConfig.model_validate(small_config(seed_model, store, run_id=run_id, steps=STEPS, **overrides))
+    summary = rl(cfg)
+    assert summary["run_id"] == run_id
+    assert 0.0 <= summary["final_accuracy"] <= 1.0
+    return summary
+
+
+def _metrics(store: str, run_id: str, *columns: str) -> list[dict]:
+    """One dict per step, ordered by step; a column the run never logged is None."""
+    have = {r[0] for r in sql(store, "SELECT column_name FROM (DESCRIBE metrics)")}
+    select = ", ".join(c if c in have else f"NULL AS {c}" for c in ("step", *columns))
+    rows = sql(store, f"SELECT {select} FROM metrics WHERE run_id = '{run_id}' ORDER BY step")
+    assert [r[0] for r in rows] == list(range(STEPS))
+    return [dict(zip(("step", *columns), r, strict=True)) for r in rows]
+
+
+def _kept_rows(store: str, run_id: str) -> list[int]:
+    rows = sql(store, f"SELECT step, count(*) FILTER (WHERE kept) FROM rollouts WHERE run_id = '{run_id}' "
+                      "GROUP BY step ORDER BY step")
+    return [n for _, n in rows]
+
+
+def _optimizer_steps(run_id: str) -> int:
+    """Optimizer steps taken by the live policy (Adam's per-parameter step counter)."""
+    opt = runtime._RUNTIMES[run_id].policy.optimizer
+    return int(next(iter(opt.state.values()))["step"])
+
+
+# --- GRPO, with and without KL ----------------------------------------------------------------------------
+
+def test_grpo_without_kl_loads_no_reference(prefect_server, seed_model, store):
+    _run(seed_model, store, "grpo-nokl")
+    assert runtime._RUNTIMES["grpo-nokl"].ref_model is None  # kl_beta 0: no reference model in memory
+    for m in _metrics(store, "grpo-nokl", "kl_mean", "loss_kl", "ratio_mean", "train_grad_norm", "train_entropy"):
+        assert m["kl_mean"] in (None, 0.0) and m["loss_kl"] in (None, 0.0)
+        assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # one step per batch: on-policy
+        assert m["train_grad_norm"] > 0 and m["train_entropy"] > 0
+
+
+@pytest.mark.parametrize("estimator", ["k3", "k1"])
+def test_grpo_with_kl(prefect_server, seed_model, store, estimator):
+    run_id = f"grpo-kl-{estimator}"
+    _run(seed_model, store, run_id, policy_loss={"kl_beta": 0.05, "kl_estimator": estimator})
+    rt = runtime._RUNTIMES[run_id]
+    assert rt.ref_model is not None and rt.ref_version == 0  # ref_sync_every offline: the seed model
+    m = _metrics(store, run_id, "kl_mean", "loss_kl", "sync_ref_version")
+    assert all(x["sync_ref_version"] == 0 for x in m)
+    # step 0 trains the reference's own weights: KL = 0 (up to float noise); step 1 has moved away
+    assert abs(m[0]["kl_mean"]) < 1e-5
+    assert m[1]["kl_mean"] != 0.0 and math.isfinite(m[1]["kl_mean"])
+    if estimator == "k3":  # k3 >= 0 per token
+        assert m[1]["kl_mean"] > 0 and m[1]["loss_kl"] > 0
+
+
+# --- PPO multi / mini --------------------------------------------------------------------------------------
+
+def test_ppo_multi_epochs(prefect_server, seed_model, store):
+    _run(seed_model, store, "ppo-multi", ppo_epochs=3)
+    kept = _kept_rows(store, "ppo-multi")
+    assert kept == [ROWS] * STEPS  # no filtering
+    for m, k in zip(_metrics(store, "ppo-multi", "clip_fraction", "ratio_max", "ratio_min",
+                             "train_rows_backpropagated"), kept, strict=True):
+        assert m["train_rows_backpropagated"] == 3 * k
+        assert 0.0 <= m["clip_fraction"] <= 1.0
+        # epochs 2 and 3 run on weights the earlier epochs moved: the ratio leaves 1
+        assert m["ratio_max"] > 1.0 + 1e-6 or m["ratio_min"] < 1.0 - 1e-6
+    assert _optimizer_steps("ppo-multi") == 3 * STEPS
+
+
+def test_ppo_mini_batches(prefect_server, seed_model, store):
+    _run(seed_model, store, "ppo-mini", mini_batches=4)
+    for m in _metrics(store, "ppo-mini", "clip_fraction", "ratio_max", "ratio_min", "train_rows_backpropagated"):
+        assert m["train_rows_backpropagated"] == ROWS  # one epoch
+        assert 0.0 <= m["clip_fraction"] <= 1.0
+        assert m["ratio_max"] > 1.0 + 1e-6 or m["ratio_min"] < 1.0 - 1e-6  # mini-batches 2-4 are off-policy
+    assert _optimizer_steps("ppo-mini") == 4 * STEPS
+
+
+# --- DPO ---------------------------------------------------------------------------------------------------
+
+def _groups_with_pairs(store: str, run_id: str) -> list[int]:
+    rows = sql(store, "SELECT step, count(*) FILTER (WHERE lo < 1 AND hi >= 1) FROM (SELECT step, prompt_id, "
+                      f"min(reward) lo, max(reward) hi FROM rollouts WHERE run_id = '{run_id}' "
+                      "GROUP BY step, prompt_id) GROUP BY step ORDER BY step")
+    return [n for _, n in rows]
+
+
+def test_dpo_online(prefect_server, seed_model, store):
+    _run(seed_model, store, "dpo-online", algorithm="dpo", sync_every=1, ref_sync_every=1)
+    pairs = _groups_with_pairs(store, "dpo-online")
+    versions = sql(store, "SELECT DISTINCT step, policy_version FROM rollouts ORDER BY step")
+    assert versions == [(0, 0), (1, 1)]
+    m = _metrics(store, "dpo-online", "dpo_pairs", "dpo_skipped_groups", "loss_dpo", "sync_ref_version")
+    for x, expected_pairs in zip(m, pairs, strict=True):
+        assert x["dpo_pairs"] + x["dpo_skipped_groups"] == PROMPTS
+        assert x["dpo_pairs"] == expected_pairs  # one pair per group with a correct and an incorrect sample
+        assert x["sync_ref_version"] == x["step"] + 1  # the reference follows the policy every step
+        if x["dpo_pairs"]:
+            # the reference is the policy being trained at that step: margin 0, loss = log 2
+            assert x["loss_dpo"] == pytest.approx(math.log(2), abs=1e-4)
+
+
+def test_dpo_offline_with_nll(prefect_server, seed_model, store):
+    _run(seed_model, store, "dpo-offline", algorithm="dpo", sync_every="offline", dpo={"nll_weight": 1.0})
+    versions = sql(store, "SELECT DISTINCT policy_version FROM rollouts")
+    assert versions == [(0,)]
+    m = _metrics(store, "dpo-offline", "dpo_pairs", "dpo_skipped_groups", "loss_dpo", "loss_nll")
+    assert all(x["dpo_pairs"] + x["dpo_skipped_groups"] == PROMPTS for x in m)
+    with_pairs = [x for x in m if x["dpo_pairs"]]
+    assert with_pairs, "the seed model produced no correct/incorrect pair in 2 steps"
+    for x in with_pairs:
+        assert x["loss_nll"] > 0 and x["loss_dpo"] > 0
+
+
+# --- DASH: gradient filtering, token_sum_norm, micro-batches ------------------------------------------------
+
+def test_dash_filtering(prefect_server, seed_model, store):
+    _run(seed_model, store, "dash", filter={"tau": 0.1}, policy_loss={"aggregation": "token_sum_norm"},
+         micro_batch_size=4)
+    wrong = sql(store, "SELECT count(*) FROM rollouts WHERE kept <> (abs(advantage) > 0.1)")
+    assert wrong == [(0,)]
+    table = dict(sql(store, "SELECT step, avg(kept::DOUBLE) FROM rollouts GROUP BY step"))
+    kept = _kept_rows(store, "dash")
+    for m, k in zip(_metrics(store, "dash", "rollout_kept_fraction", "train_rows_backpropagated",
+                             "rollout_zero_advantage_group_fraction"), kept, strict=True):
+        assert m["rollout_kept_fraction"] == pytest.approx(table[m["step"]])
+        assert m["train_rows_backpropagated"] == k
+        # binary rewards: a row is dropped iff its group is all-correct or all-wrong
+        assert m["rollout_kept_fraction"] == pytest.approx(1.0 - m["rollout_zero_advantage_group_fraction"])
+
+
+# --- Optimizers: SGD vs AdamW (paper C's diagnostics) -------------------------------------------------------
+
+SPARSITY = ("sparsity_unchanged_vs_initial", "sparsity_unchanged_vs_last_sync", "sparsity_changed_vs_initial",
+            "sparsity_parameters", "memory_optimizer_state_bytes", "memory_peak_rss_bytes", "train_adam_grad_cosine")
+
+
+def test_sgd_has_no_optimizer_state(prefect_server, seed_model, store):
+    _run(seed_model, store, "sgd", optimizer={"name": "sgd"})
+    for m in _metrics(store, "sgd", *SPARSITY):
+        assert m["memory_optimizer_state_bytes"] == 0
+        assert 0.0 <= m["sparsity_unchanged_vs_initial"] <= 1.0
+        assert 0.0 <= m["sparsity_unchanged_vs_last_sync"] <= 1.0
+        assert m["sparsity_changed_vs_initial"] == pytest.approx(
+            (1 - m["sparsity_unchanged_vs_initial"]) * m["sparsity_parameters"], abs=0.5)
+        assert m["memory_peak_rss_bytes"] > 0
+        assert m["train_adam_grad_cosine"] is None
+
+
+def test_adamw_state_is_two_moments(prefect_server, seed_model, store):
+    _run(seed_model, store, "adamw", optimizer={"name": "adamw"})
+    m = _metrics(store, "adamw", *SPARSITY)
+    for x in m:
+        n = x["sparsity_parameters"]
+        assert n > 0
+        # exp_avg + exp_avg_sq in float32 (8 bytes per parameter) plus one scalar step per tensor
+        assert 8 * n <= x["memory_optimizer_state_bytes"] <= 8 * n + 4 * 1000
+        assert 0.0 <= x["sparsity_unchanged_vs_initial"] <= 1.0
+    assert m[0]["train_adam_grad_cosine"] is None  # no first moment before the first step
+    assert -1.0 <= m[1]["train_adam_grad_cosine"] <= 1.0
+    # Adam moves (almost) every weight; the tied embedding is counted once
+    assert m[1]["sparsity_unchanged_vs_initial"] < 0.5
+
+
+# --- SFT on the same prompts ---------------------------------------------------------------------------------
+
+def test_sft(prefect_server, seed_model, store):
+    _run(seed_model, store, "sft", algorithm="sft")
+    assert sql(store, "SELECT count(*) FROM rollouts") == [(STEPS * ROWS,)]  # rollouts still generated
+    for m in _metrics(store, "sft", "train_loss", "train_grad_norm", "clip_fraction", "reward_mean"):
+        assert 0 < m["train_loss"] < 20 and m["train_grad_norm"] > 0
+        assert m["clip_fraction"] is None  # no policy-gradient loss in SFT
+        assert 0.0 <= m["reward_mean"] <= 1.0
