@@ -4,7 +4,7 @@ Prefect UI form. Invalid values fail here, before any work, with the field named
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -34,7 +34,8 @@ class OptimizerConfig(Strict):
     """AdamW or SGD. ``lr=None`` takes the optimizer's default below (one source of truth)."""
 
     name: Literal["adamw", "sgd"] = Field("adamw", description="Paper C: SGD matches AdamW in RL with far sparser updates.")
-    lr: float | None = Field(None, gt=0, description="None: 1e-3 for adamw, 0.3 for sgd on the tiny model.")
+    lr: float | None = Field(None, gt=0, description="None: the optimizer's default in DEFAULT_LR (1e-4 adamw, 0.02 sgd), "
+                              "measured on the tiny model: AdamW >= 3e-4 and SGD 0.1 degraded held-out accuracy.")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(1e-8, gt=0, description="Adam epsilon (paper A uses 1e-4 for math DPO).")
     weight_decay: float = Field(0.0, ge=0)
@@ -45,7 +46,7 @@ class OptimizerConfig(Strict):
         "which wrecks a converged seed model (measured: 39% -> 5% held-out after one step at 1e-3).")
     master_dtype: Literal["float32", "bfloat16"] = Field("float32", description="Dtype of the trained weights.")
 
-    DEFAULT_LR: dict[str, float] = {"adamw": 1e-3, "sgd": 0.3}
+    DEFAULT_LR: ClassVar[dict[str, float]] = {"adamw": 1e-4, "sgd": 0.02}
 
     @property
     def resolved_lr(self) -> float:
@@ -64,7 +65,7 @@ class BootstrapConfig(Strict):
     model: TinyModelConfig = TinyModelConfig()
     task: ArithmeticTaskConfig = ArithmeticTaskConfig()
     seed: int = 0
-    steps: int = Field(600, ge=1, description="SFT optimizer steps.")
+    steps: int = Field(1000, ge=1, description="SFT optimizer steps (~39% held-out exact match at 1000).")
     batch_size: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     warmup_steps: int = Field(30, ge=0)
@@ -82,7 +83,7 @@ class RLConfig(Strict):
         description="The task mix; default: the embedded arithmetic task. Add {kind: toy_pref} for a "
         "non-verifiable task scored by a deterministic stand-in for a reward model.")
     seed: int = 0
-    steps: int = Field(40, ge=1, description="Optimizer steps.")
+    steps: int = Field(60, ge=1, description="Optimizer steps.")
     prompts_per_step: int = Field(32, ge=1, description="M: prompts per optimizer step.")
     group_size: int = Field(8, ge=2, description="G: samples per prompt (GRPO group / DPO candidates).")
     sampling: SamplingParams = SamplingParams(max_new_tokens=6)
