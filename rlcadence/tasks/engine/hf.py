@@ -15,7 +15,6 @@ from transformers.utils import logging as hf_logging
 
 from rlcadence.tasks.engine.base import Completion, SamplingParams
 
-
 hf_logging.disable_progress_bar()  # per-load bars would flood flow logs; one tiny model loads many times
 
 
