@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger, runtime, task
+from prefect.cache_policies import NO_CACHE
 
 from rlcadence.config import RLConfig
 from rlcadence.flows.bootstrap import bootstrap, bootstrap_metrics
@@ -24,7 +25,7 @@ from rlcadence.tasks import stages
 from rlcadence.tasks.model_source import resolve_model_dir
 
 
-@task(name="start-run", retries=1)
+@task(name="start-run", retries=1, cache_policy=NO_CACHE)  # always re-read the resume point
 def start_run(config: RLConfig, run_id: str, model_dir: str) -> stages.RunStart:
     loc = open_location(config.store)
     params = config.model_dump(mode="json") | {"run_id": run_id, "model_dir": model_dir}
@@ -32,7 +33,7 @@ def start_run(config: RLConfig, run_id: str, model_dir: str) -> stages.RunStart:
     return stages.init_run(config, run_id, Path(model_dir))
 
 
-@task(name="finish-run")
+@task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run(config: RLConfig, run_id: str, summary: dict) -> dict:
     loc = open_location(config.store)
     params = config.model_dump(mode="json") | {"run_id": run_id}
