@@ -49,7 +49,7 @@ class PackedBatch:
 def pack(prompt_ids: list[list[int]], completion_ids: list[list[int]], pad_id: int,
          completion_logprobs: list[list[float]] | None = None) -> PackedBatch:
     n = len(prompt_ids)
-    width = max(len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True))
+    width = max((len(p) + len(c) for p, c in zip(prompt_ids, completion_ids, strict=True)), default=1)
     ids = torch.full((n, width), pad_id, dtype=torch.long)
     attn = torch.zeros((n, width), dtype=torch.long)
     cmask = torch.zeros((n, width - 1))
