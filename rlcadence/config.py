@@ -8,6 +8,8 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rlcadence.storage.location import StoreLocation, open_location
+from rlcadence.storage.s3 import S3Settings
 from rlcadence.tasks.engine.base import SamplingParams
 from rlcadence.tasks.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
 from rlcadence.tasks.task_mix import TaskSpec
@@ -76,6 +78,9 @@ class RLConfig(Strict):
 
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="None: a fresh id is made.")
     store: str = Field(DEFAULT_STORE, description="Local directory or s3://bucket/prefix for all run data.")
+    s3: S3Settings | None = Field(
+        None, description="For an s3:// store: endpoint URL, region, profile or Prefect AwsCredentials block "
+        "(never keys: those come from the AWS credential chain). None = the AWS_* environment.")
     model: str | None = Field(None, description="Model dir or hub id; None = the embedded bootstrap model.")
     bootstrap: BootstrapConfig = BootstrapConfig()
     tasks: list[TaskSpec] = Field(
@@ -133,6 +138,9 @@ class RLConfig(Strict):
         if self.generation_batch_prompts is not None and self.generation_batch_prompts > self.prompts_per_step:
             raise ValueError(f"generation_batch_prompts={self.generation_batch_prompts} exceeds prompts_per_step={self.prompts_per_step}")
         return self
+
+    def store_location(self) -> StoreLocation:
+        return open_location(self.store, self.s3)
 
     @property
     def run_label(self) -> str:

@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 
 from rlcadence.config import DEFAULT_STORE, BootstrapConfig
 from rlcadence.storage.location import open_location
+from rlcadence.storage.s3 import S3Settings
 from rlcadence.tasks.bootstrap import bootstrap_key, train_bootstrap
 from rlcadence.tasks.runtime import CACHE_ROOT
 
@@ -17,8 +18,8 @@ METRICS_FILE = "bootstrap_metrics.json"
 
 
 @task(name="sft-bootstrap-model", retries=1)
-def sft_bootstrap_model(config: BootstrapConfig, store: str) -> str:
-    loc = open_location(store)
+def sft_bootstrap_model(config: BootstrapConfig, store: str, s3: S3Settings | None = None) -> str:
+    loc = open_location(store, s3)
     key = bootstrap_key(config)
     if not loc.dir_complete("models", key):
         log = get_run_logger()
@@ -31,9 +32,10 @@ def sft_bootstrap_model(config: BootstrapConfig, store: str) -> str:
 
 
 @flow(name="rlcadence-bootstrap", log_prints=True)
-def bootstrap(config: BootstrapConfig = BootstrapConfig(), store: str = DEFAULT_STORE) -> str:
+def bootstrap(config: BootstrapConfig = BootstrapConfig(), store: str = DEFAULT_STORE,
+              s3: S3Settings | None = None) -> str:
     """SFT the tiny model on the arithmetic task (skipped when the store already has it)."""
-    return sft_bootstrap_model(config, store)
+    return sft_bootstrap_model(config, store, s3)
 
 
 def bootstrap_metrics(model_dir: str) -> dict[str, float]:

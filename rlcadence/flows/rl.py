@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 from rlcadence.config import RLConfig
 from rlcadence.flows.bootstrap import bootstrap, bootstrap_metrics
 from rlcadence.storage import tables
-from rlcadence.storage.location import open_location
 from rlcadence.storage.prefect_results import result_storage_for
 from rlcadence.tasks import prefect_tasks as T
 from rlcadence.tasks import stages
@@ -27,7 +26,7 @@ from rlcadence.tasks.model_source import resolve_model_dir
 
 @task(name="start-run", retries=1, cache_policy=NO_CACHE)  # always re-read the resume point
 def start_run(config: RLConfig, run_id: str, model_dir: str) -> stages.RunStart:
-    loc = open_location(config.store)
+    loc = config.store_location()
     params = config.model_dump(mode="json") | {"run_id": run_id, "model_dir": model_dir}
     tables.write_run_status(loc, run_id, "running", params, flow_run_id=str(runtime.flow_run.id or ""))
     return stages.init_run(config, run_id, Path(model_dir))
@@ -35,7 +34,7 @@ def start_run(config: RLConfig, run_id: str, model_dir: str) -> stages.RunStart:
 
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run(config: RLConfig, run_id: str, summary: dict) -> dict:
-    loc = open_location(config.store)
+    loc = config.store_location()
     params = config.model_dump(mode="json") | {"run_id": run_id}
     summary["final_model"] = stages.export_final_model(config, run_id, config.steps)
     extra = {k: v for k, v in summary.items() if k != "run_id"}
@@ -51,7 +50,7 @@ def _fmt(evaluated: dict) -> str:
 def seed_model(config: RLConfig) -> str:
     if config.model is not None:
         return str(resolve_model_dir(config.model))  # fails naming the path before any work
-    return bootstrap(config.bootstrap, config.store)
+    return bootstrap(config.bootstrap, config.store, config.s3)
 
 
 def stable_run_id(config: RLConfig) -> str:
@@ -68,7 +67,7 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     log = get_run_logger()
     run_id = stable_run_id(config)
     model_dir = seed_model(config)
-    results = result_storage_for(config.store)
+    results = result_storage_for(config.store, config.s3)
     gen, sc, tr, ev, rec = (
         t.with_options(result_storage=results)
         for t in (T.generate_rollouts, T.score_rollouts, T.train_policy, T.evaluate_policy, T.record_step)

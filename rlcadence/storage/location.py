@@ -14,8 +14,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    from rlcadence.storage.s3 import S3Settings
 
 TMP_PREFIX = "."  # pyarrow datasets and `*.parquet` globs both ignore dot-files
 
@@ -154,12 +158,13 @@ class StoreLocation:
         yield from self.list_files(*parts)
 
 
-def open_location(uri: str) -> StoreLocation:
-    """Open ``uri`` (a local path or ``s3://bucket/prefix``). S3 options come from :mod:`storage.s3`."""
+def open_location(uri: str, s3: S3Settings | None = None) -> StoreLocation:
+    """Open ``uri`` (a local path or ``s3://bucket/prefix``); ``s3`` (endpoint, region, profile, credentials
+    block; never keys) defaults to the AWS environment, see :class:`rlcadence.storage.s3.S3Settings`."""
     if uri.startswith("s3://"):
         from rlcadence.storage.s3 import open_s3_location
 
-        return open_s3_location(uri)
+        return open_s3_location(uri, s3)
     root = str(Path(uri).expanduser().resolve())
     os.makedirs(root, exist_ok=True)
     return StoreLocation(uri=root, fs=pafs.LocalFileSystem(), root=root)

@@ -15,7 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rlcadence.config import RLConfig
-from rlcadence.storage.location import StoreLocation, open_location
+from rlcadence.storage.location import StoreLocation
 from rlcadence.tasks.checkpoint import TrainerState, load_trainer_state, local_checkpoint_dir
 from rlcadence.tasks.engine.hf import TransformersEngine
 from rlcadence.tasks.train import build_optimizer
@@ -46,10 +46,10 @@ class RunRuntime:
 _RUNTIMES: dict[str, RunRuntime] = {}
 
 
-def runtime(run_id: str, store: str) -> RunRuntime:
+def runtime(run_id: str, cfg: RLConfig) -> RunRuntime:
     rt = _RUNTIMES.get(run_id)
     if rt is None:
-        rt = _RUNTIMES[run_id] = RunRuntime(run_id, open_location(store))
+        rt = _RUNTIMES[run_id] = RunRuntime(run_id, cfg.store_location())
     return rt
 
 

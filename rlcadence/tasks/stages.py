@@ -20,7 +20,6 @@ import torch
 from rlcadence import faults
 from rlcadence.config import RLConfig, is_due
 from rlcadence.storage import tables
-from rlcadence.storage.location import open_location
 from rlcadence.tasks import runtime
 from rlcadence.tasks.checkpoint import (
     TrainerState,
@@ -74,7 +73,7 @@ def init_run(cfg: RLConfig, run_id: str, model_dir: Path) -> RunStart:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    loc = open_location(cfg.store)
+    loc = cfg.store_location()
     loc.sweep_temp_files("rollouts", f"run_id={run_id}")
     loc.sweep_temp_files("metrics", f"run_id={run_id}")
     if 0 not in checkpoint_steps(loc, run_id):
@@ -82,7 +81,7 @@ def init_run(cfg: RLConfig, run_id: str, model_dir: Path) -> RunStart:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         state = TrainerState(step=0, data_cursor=0, generator_version=0, ref_version=0)
         save_checkpoint(loc, run_id, model, tokenizer, state)
-    tasks = runtime.live_tasks(runtime.runtime(run_id, cfg.store), cfg, AutoTokenizer.from_pretrained(model_dir))
+    tasks = runtime.live_tasks(runtime.runtime(run_id, cfg), cfg, AutoTokenizer.from_pretrained(model_dir))
     rejected = [r for t in tasks for r in t.rejected]
     if rejected:
         from rlcadence.tasks.datasets import rejected_to_arrow
@@ -105,7 +104,7 @@ def step_prompts(rt, cfg: RLConfig, tokenizer, step: int) -> list[PromptRow]:
 
 def generate(cfg: RLConfig, run_id: str, step: int) -> str:
     """Sample G completions for each of the step's M prompts with the generator's current weights."""
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     policy = runtime.policy_at(rt, cfg, step)
     version = policy.state.generator_version
     engine = runtime.generator_at(rt, version)
@@ -124,7 +123,7 @@ def generate(cfg: RLConfig, run_id: str, step: int) -> str:
 
 def score(cfg: RLConfig, run_id: str, step: int, generated: str) -> dict[str, float]:
     """Verify, compute group advantages and the gradient filter, and commit the step's rollout rows."""
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     loc = rt.loc
     table = pq.read_table(io.BytesIO(loc.read_bytes(_relative(loc, generated))))
     t0 = time.perf_counter()
@@ -183,7 +182,7 @@ def _relative(loc, uri: str) -> str:
 
 def train(cfg: RLConfig, run_id: str, step: int) -> dict[str, float]:
     """One optimizer update on the step's rollouts; then sync decisions and checkpoint ``step + 1``."""
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     policy = runtime.policy_at(rt, cfg, step)
     t0 = time.perf_counter()
     for group in policy.optimizer.param_groups:
@@ -276,7 +275,7 @@ def _update(rt, policy, cfg: RLConfig, step: int) -> dict[str, float]:
 
 def evaluate(cfg: RLConfig, run_id: str, policy_step: int) -> dict[str, float]:
     """Greedy held-out accuracy of the trainer's weights after ``policy_step`` updates."""
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     policy = runtime.policy_at(rt, cfg, policy_step)
     engine = engine_from_model(policy.model.eval(), policy.tokenizer, policy_step)
     out: dict[str, float] = {}
@@ -300,11 +299,11 @@ def _as_verifier(task, prompts: list[str]):
 
 def record_step(cfg: RLConfig, run_id: str, step: int, metrics: dict[str, float]) -> str:
     """Commit the step (its metrics row is the commit point), then drop staging and old checkpoints."""
-    loc = open_location(cfg.store)
+    loc = cfg.store_location()
     tasks = ",".join(t.name for t in cfg.tasks)
     uri = tables.write_metrics(loc, run_id, step, {"tasks": tasks, **metrics_columns(metrics)})
     loc.delete_dir("staging", run_id, f"step={step}")
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     if rt.policy is not None:
         s = rt.policy.state
         prune_checkpoints(loc, run_id, cfg.keep_checkpoints, {0, s.generator_version, s.ref_version})
@@ -313,7 +312,7 @@ def record_step(cfg: RLConfig, run_id: str, step: int, metrics: dict[str, float]
 
 def export_final_model(cfg: RLConfig, run_id: str, step: int) -> str:
     """Publish the final policy (HF format) under ``models/<run_id>`` for downstream use."""
-    rt = runtime.runtime(run_id, cfg.store)
+    rt = runtime.runtime(run_id, cfg)
     policy = runtime.policy_at(rt, cfg, step)
     with tempfile.TemporaryDirectory(prefix="rlc-final-") as tmp:
         policy.model.save_pretrained(tmp)
