@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -116,6 +117,22 @@ def run_interleaved(runs: list[Run], steps: int, eval_every: int | None = None, 
             for run in runs:
                 run.evaluate(done)
             log(f"  step {done}/{steps}: " + ", ".join(f"{r.name} {r.evals[done]['eval/accuracy']:.3f}" for r in runs))
+
+
+def add_run_args(ap, steps: int, prompts: int, group: int = 8) -> None:
+    """The arguments every objective bench shares (run shape, evaluation size, torch threads)."""
+    ap.add_argument("--steps", type=int, default=steps)
+    ap.add_argument("--prompts", type=int, default=prompts, help="M: prompts per optimizer step")
+    ap.add_argument("--group", type=int, default=group, help="G: samples per prompt")
+    ap.add_argument("--eval-size", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+
+
+def start(script: str, args, argv: list[str] | None) -> None:
+    """Set torch threads from ``args.threads`` and print the machine and the exact command (for RESULTS.md)."""
+    set_threads(args.threads)
+    print(f"machine: {machine()}")
+    print(f"command: .venv/bin/python bench/{script} {' '.join(sys.argv[1:] if argv is None else argv)}")
 
 
 def machine() -> str:

@@ -29,23 +29,17 @@ from rlcadence.config import RLConfig
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--prompts", type=int, default=64, help="M: prompts per optimizer step")
-    ap.add_argument("--group", type=int, default=8, help="G: samples per prompt")
     ap.add_argument("--micro", type=int, default=32, help="rows per backward pass (both arms)")
     ap.add_argument("--tau", type=float, default=0.1)
     ap.add_argument("--lr", type=float, default=None, help="AdamW lr (default: RLConfig's)")
-    ap.add_argument("--eval-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--arms", default="grpo,presample,dash")
+    _loop.add_run_args(ap, steps=30, prompts=64)
     args = ap.parse_args(argv)
     if args.micro % args.group:
         sys.exit("--micro must be a multiple of --group (a micro-batch of whole prompts)")
 
-    _loop.set_threads(args.threads)
-    print(f"machine: {_loop.machine()}")
-    print(f"command: .venv/bin/python bench/dash_vs_grpo.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    _loop.start("dash_vs_grpo.py", args, argv)
     model = _loop.seed_model()
     common = {
         "model": str(model), "seed": args.seed, "steps": args.steps, "prompts_per_step": args.prompts,

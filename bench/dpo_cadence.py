@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import _loop
@@ -38,19 +37,13 @@ ARMS = {
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--lr", type=float, default=None, help="AdamW lr for every arm (default: RLConfig's)")
     ap.add_argument("--dpo-beta", type=float, default=0.1)
-    ap.add_argument("--eval-size", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=1)
+    _loop.add_run_args(ap, steps=30, prompts=16)
     args = ap.parse_args(argv)
 
-    _loop.set_threads(args.threads)
-    print(f"machine: {_loop.machine()}")
-    print(f"command: .venv/bin/python bench/dpo_cadence.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    _loop.start("dpo_cadence.py", args, argv)
     model = _loop.seed_model()
     mid = args.steps // 2
     acc: dict[str, dict[int, list[float]]] = {a: {mid: [], args.steps: []} for a in ARMS}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import sys
 import time
 
 import _loop
@@ -63,19 +62,13 @@ def baseline(args: argparse.Namespace, model_dir: str, out) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--prompts", type=int, default=32)
-    ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--sgd-lr", type=float, default=None, help="default: RLConfig's SGD default")
     ap.add_argument("--adamw-lr", type=float, default=None, help="default: RLConfig's AdamW default")
-    ap.add_argument("--eval-size", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    _loop.add_run_args(ap, steps=40, prompts=32)
     args = ap.parse_args(argv)
 
-    _loop.set_threads(args.threads)
-    print(f"machine: {_loop.machine()}")
-    print(f"command: .venv/bin/python bench/sgd_vs_adamw.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    _loop.start("sgd_vs_adamw.py", args, argv)
     model_dir = str(_loop.seed_model())
     ctx = mp.get_context("spawn")
     results = []
