@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from rlcadence.config import DEFAULT_STORE, RLConfig
 from rlcadence.presets import PRESETS
+from rlcadence.storage.s3 import StoreError
 from rlcadence.tasks.datasets import DatasetError
 
 
@@ -101,6 +102,7 @@ def cmd_run(args) -> int:
 
         resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
     preflight_datasets(config)
+    config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     from rlcadence.flows.rl import rl
 
     summary = rl(config)
@@ -249,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError) as err:
+    except (FileNotFoundError, DatasetError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -169,3 +169,27 @@ def _has_step(store: str, run_id: str, step: int) -> bool:
         return bool(sql(store, f"SELECT 1 FROM metrics WHERE run_id = '{run_id}' AND step = {step}"))
     except Exception:  # no metrics table yet
         return False
+
+
+@pytest.mark.parametrize("case", ["missing-bucket", "wrong-endpoint", "wrong-secret"])
+def test_unusable_store_fails_in_seconds_naming_endpoint_and_bucket(case, prefect_server, s3_env, s3_server,
+                                                                     tmp_path, monkeypatch):
+    bucket = s3_env.split("/")[2]
+    store, endpoint = s3_env, s3_server.endpoint_url
+    if case == "missing-bucket":
+        bucket = "no-such-bucket"
+        store = f"s3://{bucket}/store"
+    elif case == "wrong-endpoint":
+        endpoint = "http://127.0.0.1:9"  # discard port: nothing listens
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    else:
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-" + s3_server.secret_key[:4])
+    t0 = time.monotonic()
+    out = run_cli("run", "--config", str(_config(tmp_path, store)), "--run-id", "never", timeout=120)
+    elapsed = time.monotonic() - t0
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert endpoint in out.stderr and bucket in out.stderr, out.stderr[-2000:]
+    assert s3_server.secret_key not in out.stdout + out.stderr
+    assert "not-the-secret" not in out.stdout + out.stderr
+    assert "Traceback" not in out.stderr
+    assert elapsed < 30, elapsed  # the CLI's own start-up (imports) included
