@@ -227,3 +227,14 @@ def test_sft(prefect_server, seed_model, store):
         assert 0 < m["train_loss"] < 20 and m["train_grad_norm"] > 0
         assert m["clip_fraction"] is None  # no policy-gradient loss in SFT
         assert 0.0 <= m["reward_mean"] <= 1.0
+
+
+def test_bf16_master_weights(prefect_server, seed_model, store):
+    _run(seed_model, store, "bf16", optimizer={"name": "adamw", "master_dtype": "bfloat16"})
+    model = runtime._RUNTIMES["bf16"].policy.model
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    for m in _metrics(store, "bf16", "memory_optimizer_state_bytes", "sparsity_parameters", "train_grad_norm"):
+        # Adam's two moments take the parameters' dtype: 2 x 2 bytes per parameter (+ step scalars)
+        n = m["sparsity_parameters"]
+        assert 4 * n <= m["memory_optimizer_state_bytes"] <= 4 * n + 4 * 1000
+        assert math.isfinite(m["train_grad_norm"])
