@@ -101,7 +101,7 @@ def cmd_run(args) -> int:
         from rlcadence.tasks.model_source import resolve_model_dir
 
         resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
-    preflight_datasets(config)
+    preflight_tasks(config)
     config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     from rlcadence.flows.rl import rl
 
@@ -110,13 +110,18 @@ def cmd_run(args) -> int:
     return 0
 
 
-def preflight_datasets(config: RLConfig) -> None:
-    """Read every dataset file before the flow starts: a missing file or (in fail mode) bad rows stop here."""
+def preflight_tasks(config: RLConfig) -> None:
+    """Before the flow starts: read every dataset file (a missing file or, in fail mode, bad rows stop here)
+    and find every reward-model and judge directory (a missing one stops here, named)."""
     from rlcadence.tasks.datasets import load_prompts
+    from rlcadence.tasks.model_source import resolve_model_dir
 
     for task in config.tasks:
         if task.source is not None:
             load_prompts(task.source.model_copy(update={"task": task.name}))
+        for model in (task.reward_model, task.judge.model if task.judge else None):
+            if model is not None:
+                resolve_model_dir(model)
 
 
 def print_summary(summary: dict) -> None:

@@ -15,9 +15,21 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rlcadence.tasks.arithmetic import make_splits, verify_sum
 from rlcadence.tasks.datasets import PromptSource, RejectedRow, load_prompts
-from rlcadence.tasks.reward_models import normalize_rewards
+from rlcadence.tasks.reward_models import DEFAULT_JUDGE_TEMPLATE, normalize_rewards
 from rlcadence.tasks.rollouts import PromptRow
 from rlcadence.tasks.verifiers.base import VerifierResult
+
+
+class JudgeSpec(BaseModel):
+    """An LLM as judge: a causal LM (local dir or cached hub id) asked to grade each completion greedily."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Judge model dir or hub id (loaded with AutoModelForCausalLM).")
+    template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="str.format template with {prompt} and {completion}.")
+    parse_regex: str = Field(r"(\d+(?:\.\d+)?)", description="First match (group 1 if any) is the score.")
+    max_score: float = Field(10.0, gt=0, description="reward = score / max_score; scores outside [0, max] give 0.")
+    max_new_tokens: int = Field(16, ge=1)
 
 
 class TaskSpec(BaseModel):
@@ -31,6 +43,8 @@ class TaskSpec(BaseModel):
     source: PromptSource | None = Field(None, description="Prompts file (kind=dataset).")
     verifier: str | None = Field(None, description="Registry name ('math', 'exact_match', 'numeric') or dotted path.")
     reward_model: str | None = Field(None, description="AutoModelForSequenceClassification dir (non-verifiable).")
+    judge: JudgeSpec | None = Field(None, description="LLM-as-judge scorer (non-verifiable); unparseable replies "
+                                    "score 0 and are recorded in the rollout's verifier detail.")
     weight: float = Field(1.0, gt=0, description="Share of each step's prompts (relative to the other tasks).")
     reward_normalization: Literal["none", "zscore", "minmax"] = "none"
 
@@ -39,8 +53,13 @@ class TaskSpec(BaseModel):
         if self.kind == "dataset":
             if self.source is None:
                 raise ValueError(f"task {self.name}: kind=dataset needs a source")
-            if (self.verifier is None) == (self.reward_model is None):
-                raise ValueError(f"task {self.name}: give exactly one of verifier / reward_model")
+            given = [k for k in ("verifier", "reward_model", "judge") if getattr(self, k) is not None]
+            if len(given) != 1:
+                raise ValueError(f"task {self.name}: give exactly one of verifier / reward_model / judge "
+                                 f"(got {', '.join(given) or 'none'})")
+            if self.verifier is None and "gold_column" not in self.source.model_fields_set:
+                # scored tasks need no reference answer: don't require the default 'gold' column
+                self.source = self.source.model_copy(update={"gold_column": None})
         return self
 
     @property
@@ -126,6 +145,8 @@ class LiveTask:
                 from rlcadence.tasks.verifiers.registry import get_verifier
 
                 self._scorer = get_verifier(self.spec.verifier)
+            elif self.spec.judge is not None:
+                self._scorer = _judge_scorer(self.spec.judge)
             else:
                 from rlcadence.tasks.reward_models import SequenceClassifierScorer
 
@@ -136,6 +157,15 @@ class LiveTask:
         close = getattr(self._scorer, "close", None)
         if callable(close):
             close()
+
+
+def _judge_scorer(spec: JudgeSpec):
+    from rlcadence.tasks.engine.hf import TransformersEngine
+    from rlcadence.tasks.model_source import resolve_model_dir
+    from rlcadence.tasks.reward_models import JudgeScorer
+
+    engine = TransformersEngine(resolve_model_dir(spec.model))
+    return JudgeScorer(engine, spec.template, spec.parse_regex, spec.max_score, spec.max_new_tokens)
 
 
 def open_tasks(specs: list[TaskSpec], seed: int, split_seed: int, digits: int, n_heldout: int,

@@ -75,3 +75,31 @@ def test_bad_rows_skipped_are_recorded_and_good_rows_all_used(prefect_server, tm
     rejected = sql(store, "SELECT row, reason FROM rejected WHERE run_id = 'skip' ORDER BY row")
     assert [r[0] for r in rejected] == [2, 4, 6, 8]
     assert all(r[1] for r in rejected)
+
+
+def test_llm_judge_task_scores_and_records_unparseable(prefect_server, tmp_path, seed_model, store):
+    """The seed LM judges a dataset task: its replies are parsed into rewards or recorded as unparseable."""
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"{i}+{i + 1}="}) + "\n" for i in range(8)))
+    tasks = [{"name": "chat", "kind": "dataset", "source": {"path": str(path)},
+              "judge": {"model": str(seed_model), "template": "{prompt}{completion}+1=", "max_score": 2000,
+                        "max_new_tokens": 5}}]
+    rl(RLConfig.model_validate(small_config(seed_model, store, run_id="judged", tasks=tasks, steps=1)))
+    rows = sql(store, "SELECT reward, verifier_detail FROM rollouts WHERE run_id = 'judged'")
+    assert len(rows) == 8 * 4
+    kinds = {d.split(":")[0] for _, d in rows}
+    assert kinds <= {"judge", "unparseable", "out_of_range"} and "judge" in kinds, kinds
+    for reward, detail in rows:
+        assert 0.0 <= reward <= 1.0
+        if not detail.startswith("judge"):
+            assert reward == 0.0
+
+
+def test_missing_judge_model_is_named_before_any_work(tmp_path, seed_model, capsys):
+    path = tmp_path / "chat.jsonl"
+    path.write_text(json.dumps({"prompt": "hi"}) + "\n")
+    tasks = [{"name": "chat", "kind": "dataset", "source": {"path": str(path)}, "judge": {"model": "/no/such/judge"}}]
+    cfg = write_config(tmp_path, small_config(seed_model, str(tmp_path / "store"), tasks=tasks))
+    assert main(["run", "--config", str(cfg)]) == 2
+    assert "/no/such/judge" in capsys.readouterr().err
+    assert not (tmp_path / "store").exists()
