@@ -135,7 +135,9 @@ def test_resume_on_a_second_machine_with_an_empty_disk(prefect_server, s3_env, s
 
 
 @pytest.mark.parametrize(("s3", "outage_s", "expect_exit"), [
-    (None, 5, 0),  # default retries (4 attempts per write, then 2 task retries) wait out a 5-s outage
+    # patient retries (8 attempts per write, backoff capped at 4 s; 10 per request) wait out a 5-s outage plus
+    # the server's restart, however slow the machine; the defaults are tuned for failing fast, not this
+    ({"write_attempts": 8, "backoff_max_seconds": 4, "max_attempts": 10}, 5, 0),
     ({"write_attempts": 1, "max_attempts": 1}, 20, 1),  # no write retries: the run fails, resume finishes it
 ], ids=["waits-out", "fails-then-resumes"])
 def test_s3_outage_mid_run_loses_and_duplicates_nothing(prefect_server, s3_env, s3_server, tmp_path, s3,
