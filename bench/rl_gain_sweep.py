@@ -3,7 +3,7 @@
 Runs GRPO (no Prefect, so the figures are the work itself) from one bootstrap checkpoint for each
 setting and prints greedy held-out exact match before and every --eval-every steps after.
 
-    .venv/bin/python bench/rl_gain_sweep.py --model DIR --steps 60 \
+    .venv/bin/python bench/rl_gain_sweep.py [--model DIR | --bootstrap-seed N] --steps 800 \
         --setting '{"optimizer": {"lr": 1e-4}}' --setting '{"optimizer": {"lr": 3e-4}}'
 
 Without --model, a bootstrap model is trained first (BootstrapConfig defaults) and cached in /tmp.
@@ -67,14 +67,15 @@ def run(model_dir: Path, cfg: RLConfig, eval_every: int) -> list[tuple[int, floa
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", type=Path)
-    ap.add_argument("--steps", type=int, default=60)
-    ap.add_argument("--eval-every", type=int, default=20)
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap model when --model is not given")
     ap.add_argument("--setting", action="append", default=[], help="JSON RLConfig overrides")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model_dir = args.model
     if model_dir is None:
-        boot = BootstrapConfig()
+        boot = BootstrapConfig(seed=args.bootstrap_seed)
         model_dir = Path("/tmp") / f"rlcadence-{bootstrap_key(boot)}"
         if not (model_dir / "config.json").exists():
             print(train_bootstrap(boot, model_dir))

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 
 from rlcadence.config import BootstrapConfig, OptimizerConfig
 from rlcadence.tasks.arithmetic import TrainStream, make_splits, verify_sum
 from rlcadence.tasks.engine.base import SamplingParams
-from rlcadence.tasks.engine.hf import TransformersEngine
+from rlcadence.tasks.engine.hf import engine_from_model
 from rlcadence.tasks.evaluate import heldout_accuracy
 from rlcadence.tasks.tiny_model import build_model, build_tokenizer, save_model
 from rlcadence.tasks.train import build_optimizer, pack, sft_update
@@ -37,34 +37,56 @@ def sft_batches(stream: TrainStream, tokenizer, start: int, size: int):
     return pack(prompts, answers, tokenizer.pad_token_id)
 
 
-def cosine_lr(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1 + math.cos(math.pi * progress))
+def bootstrap_lr(step: int, end: int, cfg: BootstrapConfig) -> float:
+    """Linear warm-up, then the peak lr, then a linear anneal to 0 over the last ``anneal_steps`` before ``end``."""
+    warm = (step + 1) / cfg.warmup_steps if step < cfg.warmup_steps else 1.0
+    anneal = min(cfg.anneal_steps, end)
+    cool = (end - step) / anneal if anneal and step >= end - anneal else 1.0
+    return cfg.lr * min(warm, cool)
+
+
+def _greedy_accuracy(model, tokenizer, problems, digits: int) -> float:
+    engine = engine_from_model(model.eval(), tokenizer, 0)
+    acc = heldout_accuracy(engine, [p.prompt for p in problems], [p.gold for p in problems], verify_sum,
+                           SamplingParams(temperature=0.0, max_new_tokens=digits + 2))
+    model.train()
+    return acc["eval/accuracy"]
 
 
 def train_bootstrap(cfg: BootstrapConfig, out_dir: Path, log=print) -> dict[str, float]:
-    """SFT a fresh tiny model; saves it to ``out_dir`` and returns its metrics (held-out accuracy)."""
+    """SFT a fresh tiny model; saves it to ``out_dir`` and returns its metrics (held-out accuracy).
+
+    Trains at the peak lr until validation exact match reaches ``target_accuracy`` (checked every
+    ``check_every`` steps) or the step budget runs out, then anneals. Training data and the validation
+    split exclude the held-out problems, so held-out accuracy measures generalisation.
+    """
     t0 = time.perf_counter()
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer()
     model = build_model(cfg.model, tokenizer, cfg.seed)
     opt_cfg = OptimizerConfig(name="adamw", lr=cfg.lr, grad_clip=1.0)
     optimizer = build_optimizer(model, opt_cfg)
-    _, heldout = make_splits(cfg.task.split_seed, cfg.task.digits, cfg.task.n_heldout)
-    stream = TrainStream(seed=cfg.seed + 7, digits=cfg.task.digits, exclude=frozenset())
-    loss = 0.0
-    for step in range(cfg.steps):
+    train, heldout = make_splits(cfg.task.split_seed, cfg.task.digits, cfg.task.n_heldout)
+    stream = TrainStream(seed=cfg.seed + 7, digits=cfg.task.digits, exclude=train.exclude)
+    validation = TrainStream(seed=cfg.seed + 13, digits=cfg.task.digits, exclude=train.exclude).batch(0, cfg.n_validation)
+    end, val_acc, loss = cfg.steps, float("nan"), 0.0
+    step = 0
+    while step < end:
         for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, cfg.steps, cfg.warmup_steps, cfg.lr)
+            group["lr"] = bootstrap_lr(step, end, cfg)
         batch = sft_batches(stream, tokenizer, step * cfg.batch_size, cfg.batch_size)
         loss = sft_update(model, optimizer, batch, opt_cfg)["train/loss"]
-        if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"bootstrap SFT step {step}/{cfg.steps} loss {loss:.3f}")
+        step += 1
+        if cfg.target_accuracy is not None and end == cfg.steps and step % cfg.check_every == 0 \
+                and step < cfg.steps - cfg.anneal_steps:
+            val_acc = _greedy_accuracy(model, tokenizer, validation, cfg.task.digits)
+            log(f"bootstrap SFT step {step}/{cfg.steps} loss {loss:.3f} validation accuracy {val_acc:.3f}")
+            if val_acc >= cfg.target_accuracy:
+                end = step + cfg.anneal_steps
+                log(f"bootstrap: target {cfg.target_accuracy} reached at step {step}; annealing until step {end}")
+        elif step % 100 == 0:
+            log(f"bootstrap SFT step {step}/{end} loss {loss:.3f}")
     save_model(model, tokenizer, out_dir)
-    engine = TransformersEngine(out_dir)
-    acc = heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], verify_sum,
-                           SamplingParams(temperature=0.0, max_new_tokens=cfg.task.digits + 2))
-    return {"bootstrap/final_loss": loss, "bootstrap/heldout_accuracy": acc["eval/accuracy"],
-            "bootstrap/seconds": time.perf_counter() - t0}
+    acc = _greedy_accuracy(AutoModelForCausalLM.from_pretrained(out_dir), tokenizer, heldout, cfg.task.digits)
+    return {"bootstrap/final_loss": loss, "bootstrap/heldout_accuracy": acc, "bootstrap/steps": float(step),
+            "bootstrap/validation_accuracy_at_anneal": val_acc, "bootstrap/seconds": time.perf_counter() - t0}

@@ -43,7 +43,7 @@ def seed_model(tmp_path_factory, one_torch_thread):
     """A tiny Llama with reward signal on 2-digit sums (overrides the session's zero-reward seed)."""
     out = tmp_path_factory.mktemp("reward-seed-model")
     cfg = BootstrapConfig(steps=500, batch_size=64, model=TinyModelConfig(hidden_size=64, intermediate_size=128),
-                          task=TASK)
+                          task=TASK, lr=3e-3)  # reaches the 0.3 validation target at ~step 350: ~48% held-out
     metrics = train_bootstrap(cfg, out, log=lambda _msg: None)
     assert metrics["bootstrap/heldout_accuracy"] > 0.2
     return out
