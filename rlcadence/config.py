@@ -75,7 +75,7 @@ class BootstrapConfig(Strict):
         0.3, gt=0, le=1, description="Start the anneal as soon as greedy exact match on a validation split (never "
         "the held-out one) reaches this; None trains all `steps`. Why: the loss drops suddenly when carries are "
         "learnt, after 300 to 1000+ steps depending on seed and CPU, so a fixed step count gives 2% on one machine "
-        "and 85% on another. Stopping on a target narrows that to 46-75% over seeds 0-2.")
+        "and 85% on another. Stopping on a target narrows that to 46-75% over seeds 0-4.")
     check_every: int = Field(25, ge=1, description="Steps between validation checks for target_accuracy.")
     anneal_steps: int = Field(50, ge=0, description="Linear lr decay to 0 at the end (capped at `steps`).")
     n_validation: int = Field(200, ge=10, description="Validation problems for the target check.")
