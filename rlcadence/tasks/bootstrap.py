@@ -70,6 +70,7 @@ def train_bootstrap(cfg: BootstrapConfig, out_dir: Path, log=print) -> dict[str,
     stream = TrainStream(seed=cfg.seed + 7, digits=cfg.task.digits, exclude=train.exclude)
     validation = TrainStream(seed=cfg.seed + 13, digits=cfg.task.digits, exclude=train.exclude).batch(0, cfg.n_validation)
     end, val_acc, loss = cfg.steps, float("nan"), 0.0
+    checking = cfg.target_accuracy is not None  # until the target is hit (then `end` moves up to step + anneal)
     step = 0
     while step < end:
         for group in optimizer.param_groups:
@@ -77,12 +78,11 @@ def train_bootstrap(cfg: BootstrapConfig, out_dir: Path, log=print) -> dict[str,
         batch = sft_batches(stream, tokenizer, step * cfg.batch_size, cfg.batch_size)
         loss = sft_update(model, optimizer, batch, opt_cfg)["train/loss"]
         step += 1
-        if cfg.target_accuracy is not None and end == cfg.steps and step % cfg.check_every == 0 \
-                and step < cfg.steps - cfg.anneal_steps:
+        if checking and step % cfg.check_every == 0 and step < cfg.steps - cfg.anneal_steps:
             val_acc = _greedy_accuracy(model, tokenizer, validation, cfg.task.digits)
             log(f"bootstrap SFT step {step}/{cfg.steps} loss {loss:.3f} validation accuracy {val_acc:.3f}")
             if val_acc >= cfg.target_accuracy:
-                end = step + cfg.anneal_steps
+                checking, end = False, step + cfg.anneal_steps
                 log(f"bootstrap: target {cfg.target_accuracy} reached at step {step}; annealing until step {end}")
         elif step % 100 == 0:
             log(f"bootstrap SFT step {step}/{end} loss {loss:.3f}")
