@@ -1,7 +1,7 @@
 """The RL loop shared by the objective benchmarks, without Prefect: the flow's stage functions
-(``rlcadence.tasks.stages``) called in a plain loop, so the timings are the work, not orchestration.
+(``rlcadence.tasks.*``, each called through ``.fn``) in a plain loop, so the timings are the work, not orchestration.
 
-    generate -> score -> train -> [evaluate] -> record_step        (as ``rlcadence.flows.rl``)
+    generate -> score -> train -> [evaluate] -> commit        (as ``rlcadence.flows.rl``)
 
 Each step returns the stage metrics (engine seconds ``time/generate_s``, update seconds ``time/train_s``,
 rows back-propagated, ...) plus the wall seconds of each stage call (``wall/*``: Parquet, checkpoint and
@@ -24,10 +24,16 @@ from pathlib import Path
 import torch
 
 from rlcadence.config import BootstrapConfig, RLConfig
-from rlcadence.storage.location import open_location
+from rlcadence.models.bootstrap import bootstrap_key, train_bootstrap
+from rlcadence.run_state import RunState
 from rlcadence.storage.query import query
-from rlcadence.tasks import runtime, stages
-from rlcadence.tasks.bootstrap import bootstrap_key, train_bootstrap
+from rlcadence.storage.stores import open_location
+from rlcadence.tasks.commit import commit
+from rlcadence.tasks.evaluate import evaluate
+from rlcadence.tasks.generate import generate
+from rlcadence.tasks.run import init_run
+from rlcadence.tasks.score import score
+from rlcadence.tasks.train import train
 
 CACHE = Path(os.environ.get("RLCADENCE_BENCH_CACHE", Path.home() / ".cache" / "rlcadence" / "bench"))
 
@@ -66,26 +72,27 @@ class Run:
     def __init__(self, name: str, cfg: RLConfig, model_dir: Path):
         self.name, self.cfg = name, cfg
         self.run_id = f"bench-{name}-s{cfg.seed}".replace(" ", "_").replace("=", "")
-        self.start = stages.init_run(cfg, self.run_id, model_dir).start_step
+        self.run = RunState(cfg, self.run_id)
+        self.start = init_run(self.run, model_dir).start_step
         self.steps: list[dict[str, float]] = []
         self.evals: dict[int, dict[str, float]] = {}
 
     def step(self, step: int) -> dict[str, float]:
-        cfg, rid = self.cfg, self.run_id
+        run = self.run
         t0 = time.perf_counter()
-        generated = stages.generate(cfg, rid, step)
+        generated = generate.fn(run, step)
         t1 = time.perf_counter()
-        metrics = stages.score(cfg, rid, step, generated)
+        metrics = score.fn(run, step, generated)
         t2 = time.perf_counter()
-        metrics |= stages.train(cfg, rid, step)
+        metrics |= train.fn(run, step)
         t3 = time.perf_counter()
         metrics |= {"wall/generate_s": t1 - t0, "wall/score_s": t2 - t1, "wall/train_s": t3 - t2}
-        stages.record_step(cfg, rid, step, metrics)
+        commit.fn(run, step, metrics)
         self.steps.append(metrics)
         return metrics
 
     def evaluate(self, step: int) -> float:
-        self.evals[step] = stages.evaluate(self.cfg, self.run_id, step)
+        self.evals[step] = evaluate.fn(self.run, step)
         return self.evals[step]["eval/accuracy"]
 
     def total(self, key: str, skip: int = 0) -> float:
@@ -103,7 +110,7 @@ class Run:
             f"FROM rollouts WHERE run_id = '{self.run_id}' GROUP BY step ORDER BY step"))[1]
 
     def close(self) -> None:
-        runtime.forget(self.run_id)
+        self.run.close()
 
 
 def run_interleaved(runs: list[Run], steps: int, eval_every: int | None = None, log=print) -> None:

@@ -20,12 +20,12 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlcadence.config import BootstrapConfig, RLConfig
-from rlcadence.tasks.arithmetic import make_splits, verify_sum
-from rlcadence.tasks.bootstrap import bootstrap_key, train_bootstrap
-from rlcadence.tasks.engine.hf import TransformersEngine, engine_from_model
-from rlcadence.tasks.evaluate import heldout_accuracy
-from rlcadence.tasks.objectives import gradient_filter_mask, group_advantages
-from rlcadence.tasks.train import build_optimizer, pack, policy_update
+from rlcadence.engines.hf import TransformersEngine, engine_from_model
+from rlcadence.environments.arithmetic import make_splits, verify_sum
+from rlcadence.evaluation import heldout_accuracy
+from rlcadence.models.bootstrap import bootstrap_key, train_bootstrap
+from rlcadence.objectives import gradient_filter_mask, group_advantages
+from rlcadence.trainer.update import build_optimizer, pack, policy_update
 
 
 def held_out(model, tokenizer, heldout, cfg: RLConfig) -> float:
@@ -40,7 +40,7 @@ def run(model_dir: Path, cfg: RLConfig, eval_every: int) -> list[tuple[int, floa
     tok = engine.tokenizer
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     optimizer = build_optimizer(model, cfg.optimizer)
-    t = cfg.bootstrap.task
+    t = cfg.bootstrap.environment
     train, heldout = make_splits(t.split_seed, t.digits, t.n_heldout)
     heldout = heldout[: cfg.eval_size]
     curve = [(0, float("nan"), held_out(model, tok, heldout, cfg))]

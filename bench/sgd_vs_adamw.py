@@ -55,7 +55,7 @@ def baseline(args: argparse.Namespace, model_dir: str, out) -> None:
         cfg = RLConfig.model_validate({"model": model_dir, "store": store, "eval_size": args.eval_size})
         run = _loop.Run("eval-only", cfg, model_dir)
         acc = run.evaluate(0)
-        from rlcadence.tasks.diagnostics import peak_memory_bytes
+        from rlcadence.trainer.diagnostics import peak_memory_bytes
 
         out.put({"arm": "before (eval only)", "accuracy": acc, "peak_rss": float(peak_memory_bytes())})
 

@@ -33,11 +33,11 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from rlcadence.storage import open_location, open_s3_location
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.query import connect
-from rlcadence.storage.s3 import S3Settings
+from rlcadence.storage.s3 import S3Settings, open_s3_location
 from rlcadence.storage.seaweed import SeaweedServer
+from rlcadence.storage.stores import open_location
 from rlcadence.storage.tables import ROLLOUT_SCHEMA, write_step_table
 
 RUN_ID = "bench-grpo-0001"
@@ -132,7 +132,7 @@ class RolloutGen:
                     "run_id": RUN_ID,
                     "step": step,
                     "policy_version": max(step - 1, 0),
-                    "task": "gsm8k",
+                    "environment": "gsm8k",
                     "prompt_id": f"gsm8k-{k:06d}",
                     "sample_index": i % g,
                     "prompt": self.prompts[k],

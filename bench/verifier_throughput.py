@@ -20,7 +20,7 @@ import random
 import resource
 import time
 
-from rlcadence.tasks.verifiers.math import MathVerifier
+from rlcadence.verifiers.math import MathVerifier
 
 
 def make_answers(n: int, seed: int = 0, group: int = 8) -> tuple[list[str], list[str]]:

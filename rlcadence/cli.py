@@ -11,9 +11,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rlcadence.config import DEFAULT_STORE, RLConfig
+from rlcadence.environments.datasets import DatasetError
 from rlcadence.presets import PRESETS
 from rlcadence.storage.s3 import StoreError
-from rlcadence.tasks.datasets import DatasetError
 
 
 def _quiet_environment() -> None:
@@ -98,10 +98,10 @@ def print_table(columns: list[str], rows: list[tuple]) -> None:
 def cmd_run(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
     if config.model is not None:
-        from rlcadence.tasks.model_source import resolve_model_dir
+        from rlcadence.models.source import resolve_model_dir
 
         resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
-    preflight_tasks(config)
+    preflight_environments(config)
     config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     from rlcadence.flows.rl import rl
 
@@ -110,16 +110,16 @@ def cmd_run(args) -> int:
     return 0
 
 
-def preflight_tasks(config: RLConfig) -> None:
+def preflight_environments(config: RLConfig) -> None:
     """Before the flow starts: read every dataset file (a missing file or, in fail mode, bad rows stop here)
     and find every reward-model and judge directory (a missing one stops here, named)."""
-    from rlcadence.tasks.datasets import load_prompts
-    from rlcadence.tasks.model_source import resolve_model_dir
+    from rlcadence.environments.datasets import load_prompts
+    from rlcadence.models.source import resolve_model_dir
 
-    for task in config.tasks:
-        if task.source is not None:
-            load_prompts(task.source.model_copy(update={"task": task.name}))
-        for model in (task.reward_model, task.judge.model if task.judge else None):
+    for env in config.environments:
+        if env.source is not None:
+            load_prompts(env.source.model_copy(update={"environment": env.name}))
+        for model in (env.reward_model, env.judge.model if env.judge else None):
             if model is not None:
                 resolve_model_dir(model)
 
@@ -137,7 +137,7 @@ def print_summary(summary: dict) -> None:
 
 def cmd_resume(args) -> int:
     from rlcadence.flows.rl import rl
-    from rlcadence.storage.location import open_location
+    from rlcadence.storage.stores import open_location
     from rlcadence.storage.tables import read_run_params
 
     params = read_run_params(open_location(args.store), args.run_id)
@@ -148,8 +148,8 @@ def cmd_resume(args) -> int:
 
 
 def cmd_sql(args) -> int:
-    from rlcadence.storage.location import open_location
     from rlcadence.storage.query import query
+    from rlcadence.storage.stores import open_location
 
     columns, rows = query(open_location(args.store), args.query)
     if args.format == "json":
@@ -176,8 +176,8 @@ GROUP BY r.run_id, r.status, r.updated_at ORDER BY r.updated_at DESC
 
 
 def cmd_runs(args) -> int:
-    from rlcadence.storage.location import open_location
     from rlcadence.storage.query import connect
+    from rlcadence.storage.stores import open_location
 
     con = connect(open_location(args.store))
     views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
@@ -192,7 +192,8 @@ def cmd_runs(args) -> int:
 
 def cmd_bootstrap(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, None)
-    from rlcadence.flows.bootstrap import bootstrap, bootstrap_metrics
+    from rlcadence.flows.bootstrap import bootstrap
+    from rlcadence.models.bootstrap import bootstrap_metrics
 
     path = bootstrap(config.bootstrap, config.store)
     print(f"bootstrap model: {path}")
@@ -201,10 +202,10 @@ def cmd_bootstrap(args) -> int:
 
 
 def cmd_export_prompts(args) -> int:
-    from rlcadence.config import ArithmeticTaskConfig
-    from rlcadence.tasks.arithmetic import export_prompts, make_splits
+    from rlcadence.config import ArithmeticConfig
+    from rlcadence.environments.arithmetic import export_prompts, make_splits
 
-    t = ArithmeticTaskConfig()
+    t = ArithmeticConfig()
     train, heldout = make_splits(t.split_seed, t.digits, t.n_heldout)
     problems = heldout[: args.n] if args.split == "heldout" else train.batch(0, args.n)
     print(export_prompts(problems, Path(args.path)))
@@ -240,7 +241,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
     ls.add_argument("--store", default=DEFAULT_STORE)
     ls.set_defaults(fn=cmd_runs)
-    ex = sub.add_parser("export-prompts", help="write the arithmetic task's prompts as Parquet or JSONL")
+    ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
     ex.add_argument("path")
     ex.add_argument("--split", choices=["train", "heldout"], default="heldout")
     ex.add_argument("--n", type=int, default=500)

@@ -8,12 +8,13 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from rlcadence.storage.location import StoreLocation, open_location
+from rlcadence.engines.base import SamplingParams
+from rlcadence.environments.mix import EnvironmentSpec
+from rlcadence.models.tiny import TinyModelConfig
+from rlcadence.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
+from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.s3 import S3Settings
-from rlcadence.tasks.engine.base import SamplingParams
-from rlcadence.tasks.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
-from rlcadence.tasks.task_mix import TaskSpec
-from rlcadence.tasks.tiny_model import TinyModelConfig
+from rlcadence.storage.stores import open_location
 
 DEFAULT_STORE = ".rlcadence/store"
 
@@ -23,9 +24,21 @@ Cadence = int | Literal["offline"]
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    RENAMED: ClassVar[dict[str, str]] = {}  # old key -> new key, so an old config fails saying what to write
 
-class ArithmeticTaskConfig(Strict):
-    """The embedded verifiable task (n-digit addition)."""
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for old, new in cls.RENAMED.items():
+                if old in data:
+                    raise ValueError(f"`{old}` was renamed to `{new}` (an RL environment, not a Prefect task): "
+                                     f"write `{new}:` instead")
+        return data
+
+
+class ArithmeticConfig(Strict):
+    """The embedded verifiable environment (n-digit addition)."""
 
     digits: int = Field(3, ge=1, le=6, description="Operands have up to this many digits.")
     n_heldout: int = Field(500, ge=10, description="Size of the held-out split (never trained on).")
@@ -62,10 +75,12 @@ class OptimizerConfig(Strict):
 
 
 class BootstrapConfig(Strict):
-    """SFT of the embedded tiny model on the arithmetic task; cached in the store by its parameters."""
+    """SFT of the embedded tiny model on the arithmetic environment; cached in the store by its parameters."""
+
+    RENAMED: ClassVar[dict[str, str]] = {"task": "environment"}
 
     model: TinyModelConfig = TinyModelConfig()
-    task: ArithmeticTaskConfig = ArithmeticTaskConfig()
+    environment: ArithmeticConfig = ArithmeticConfig()
     seed: int = 0
     steps: int = Field(2000, ge=1, description="Most SFT optimizer steps (the last anneal_steps decay the lr to 0).")
     batch_size: int = Field(128, ge=1)
@@ -84,6 +99,8 @@ class BootstrapConfig(Strict):
 class RLConfig(Strict):
     """One RL experiment: generate -> score -> store -> train -> sync, ``steps`` times."""
 
+    RENAMED: ClassVar[dict[str, str]] = {"tasks": "environments"}
+
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="None: a fresh id is made.")
     store: str = Field(DEFAULT_STORE, description="Local directory or s3://bucket/prefix for all run data.")
     s3: S3Settings | None = Field(
@@ -91,10 +108,10 @@ class RLConfig(Strict):
         "(never keys: those come from the AWS credential chain). None = the AWS_* environment.")
     model: str | None = Field(None, description="Model dir or hub id; None = the embedded bootstrap model.")
     bootstrap: BootstrapConfig = BootstrapConfig()
-    tasks: list[TaskSpec] = Field(
-        default_factory=lambda: [TaskSpec()], min_length=1,
-        description="The task mix; default: the embedded arithmetic task. Add {kind: toy_pref} for a "
-        "non-verifiable task scored by a deterministic stand-in for a reward model.")
+    environments: list[EnvironmentSpec] = Field(
+        default_factory=lambda: [EnvironmentSpec()], min_length=1,
+        description="The environment mix; default: the embedded arithmetic environment. Add {kind: toy_pref} for a "
+        "non-verifiable environment scored by a deterministic stand-in for a reward model.")
     seed: int = 0
     steps: int = Field(800, ge=1, description="Optimizer steps (800: the README's main job, ~5 min on 2 cores).")
     prompts_per_step: int = Field(32, ge=1, description="M: prompts per optimizer step.")
@@ -136,11 +153,11 @@ class RLConfig(Strict):
             raise ValueError(f"mini_batches={self.mini_batches} exceeds the batch ({rows} rows = prompts_per_step x group_size)")
         if self.micro_batch_size is not None and self.micro_batch_size > rows:
             raise ValueError(f"micro_batch_size={self.micro_batch_size} is larger than the batch ({rows} rows)")
-        names = [t.name for t in self.tasks]
+        names = [t.name for t in self.environments]
         if len(set(names)) != len(names):
-            raise ValueError(f"tasks: names must be unique, got {names}")
-        if self.prompts_per_step < len(self.tasks):
-            raise ValueError(f"prompts_per_step={self.prompts_per_step} is smaller than the number of tasks")
+            raise ValueError(f"environments: names must be unique, got {names}")
+        if self.prompts_per_step < len(self.environments):
+            raise ValueError(f"prompts_per_step={self.prompts_per_step} is smaller than the number of environments")
         if self.algorithm == "dpo" and (self.ppo_epochs > 1 or self.filter.tau is not None):
             raise ValueError("algorithm=dpo takes neither ppo_epochs > 1 nor filter.tau (pairs are not filtered)")
         if self.generation_batch_prompts is not None and self.generation_batch_prompts > self.prompts_per_step:

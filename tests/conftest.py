@@ -78,12 +78,12 @@ def prefect_server():
 def seed_model(tmp_path_factory) -> Path:
     """A tiny Llama SFT-trained briefly on the arithmetic task: real weights, made in ~15 s."""
     from rlcadence.config import BootstrapConfig
-    from rlcadence.tasks.bootstrap import train_bootstrap
-    from rlcadence.tasks.tiny_model import TinyModelConfig
+    from rlcadence.models.bootstrap import train_bootstrap
+    from rlcadence.models.tiny import TinyModelConfig
 
     out = tmp_path_factory.mktemp("seed-model")
     cfg = BootstrapConfig(steps=80, batch_size=64, model=TinyModelConfig(hidden_size=64, intermediate_size=128),
-                          task={"n_heldout": 50})
+                          environment={"n_heldout": 50})
     train_bootstrap(cfg, out, log=lambda _msg: None)
     return out
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from rlcadence.storage.location import open_location
 from rlcadence.storage.query import query
+from rlcadence.storage.stores import open_location
 
 CLI = str(Path(sys.executable).parent / "rlcadence")
 
@@ -26,7 +26,7 @@ def small_config(seed_model: Path, store: str, **overrides) -> dict:
         "group_size": 4,
         "eval_every": 2,
         "eval_size": 50,
-        "bootstrap": {"task": {"n_heldout": 50}},
+        "bootstrap": {"environment": {"n_heldout": 50}},
     }
     for key, value in overrides.items():
         cfg[key] = value

@@ -16,10 +16,12 @@ import torch
 
 from rlcadence.config import BootstrapConfig, RLConfig
 from rlcadence.flows.rl import rl
-from rlcadence.tasks import runtime
-from rlcadence.tasks.bootstrap import train_bootstrap
-from rlcadence.tasks.tiny_model import TinyModelConfig
-from tests.integration.helpers import small_config, sql
+from rlcadence.models.bootstrap import train_bootstrap
+from rlcadence.models.tiny import TinyModelConfig
+from rlcadence.run_state import RunState
+from rlcadence.storage.stores import open_location
+from rlcadence.storage.tables import read_run_params
+from tests.integration.helpers import final_weights, small_config, sql
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +45,7 @@ def seed_model(tmp_path_factory, one_torch_thread):
     """A tiny Llama with reward signal on 2-digit sums (overrides the session's zero-reward seed)."""
     out = tmp_path_factory.mktemp("reward-seed-model")
     cfg = BootstrapConfig(steps=500, batch_size=64, model=TinyModelConfig(hidden_size=64, intermediate_size=128),
-                          task=TASK, lr=3e-3)  # reaches the 0.3 validation target at ~step 350: ~48% held-out
+                          environment=TASK, lr=3e-3)  # reaches the 0.3 validation target at ~step 350: ~48% held-out
     metrics = train_bootstrap(cfg, out, log=lambda _msg: None)
     assert metrics["bootstrap/heldout_accuracy"] > 0.2
     return out
@@ -51,7 +53,7 @@ def seed_model(tmp_path_factory, one_torch_thread):
 
 def _run(seed_model, store, run_id: str, **overrides) -> dict:
     cfg = RLConfig.model_validate(small_config(seed_model, store, run_id=run_id, steps=STEPS,
-                                               bootstrap={"task": TASK}, **overrides))
+                                               bootstrap={"environment": TASK}, **overrides))
     summary = rl(cfg)
     assert summary["run_id"] == run_id
     assert 0.0 <= summary["final_accuracy"] <= 1.0
@@ -73,18 +75,24 @@ def _kept_rows(store: str, run_id: str) -> list[int]:
     return [n for _, n in rows]
 
 
-def _optimizer_steps(run_id: str) -> int:
-    """Optimizer steps taken by the live policy (Adam's per-parameter step counter)."""
-    opt = runtime._RUNTIMES[run_id].policy.optimizer
-    return int(next(iter(opt.state.values()))["step"])
+def _optimizer_steps(store: str, run_id: str) -> int:
+    """Optimizer steps taken by the run's final policy (Adam's per-parameter step counter), rebuilt from
+    the store the way a fresh process would."""
+    params = read_run_params(open_location(store), run_id)
+    params.pop("model_dir", None)
+    cfg = RLConfig.model_validate(params)
+    with RunState(cfg, run_id) as run:
+        opt = run.policy_at(cfg.steps).optimizer
+        return int(next(iter(opt.state.values()))["step"])
 
 
 # --- GRPO, with and without KL ----------------------------------------------------------------------------
 
 def test_grpo_without_kl_loads_no_reference(prefect_server, seed_model, store):
     _run(seed_model, store, "grpo-nokl")
-    assert runtime._RUNTIMES["grpo-nokl"].ref_model is None  # kl_beta 0: no reference model in memory
-    for m in _metrics(store, "grpo-nokl", "kl_mean", "loss_kl", "ratio_mean", "train_grad_norm", "train_entropy"):
+    for m in _metrics(store, "grpo-nokl", "kl_mean", "loss_kl", "ratio_mean", "train_grad_norm", "train_entropy",
+                      "memory_reference_model_bytes"):
+        assert m["memory_reference_model_bytes"] == 0  # kl_beta 0: no reference model in memory
         assert m["kl_mean"] in (None, 0.0) and m["loss_kl"] in (None, 0.0)
         assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-3)  # one step per batch: on-policy
         assert m["train_grad_norm"] > 0 and m["train_entropy"] > 0
@@ -94,10 +102,9 @@ def test_grpo_without_kl_loads_no_reference(prefect_server, seed_model, store):
 def test_grpo_with_kl(prefect_server, seed_model, store, estimator):
     run_id = f"grpo-kl-{estimator}"
     _run(seed_model, store, run_id, policy_loss={"kl_beta": 0.05, "kl_estimator": estimator})
-    rt = runtime._RUNTIMES[run_id]
-    assert rt.ref_model is not None and rt.ref_version == 0  # ref_sync_every offline: the seed model
-    m = _metrics(store, run_id, "kl_mean", "loss_kl", "sync_ref_version")
-    assert all(x["sync_ref_version"] == 0 for x in m)
+    m = _metrics(store, run_id, "kl_mean", "loss_kl", "sync_ref_version", "memory_reference_model_bytes")
+    assert all(x["memory_reference_model_bytes"] > 0 for x in m)  # a reference model is in memory
+    assert all(x["sync_ref_version"] == 0 for x in m)  # ref_sync_every offline: the seed model
     # step 0 trains the reference's own weights: KL = 0 (up to float noise); step 1 has moved away
     assert abs(m[0]["kl_mean"]) < 1e-5
     assert m[1]["kl_mean"] != 0.0 and math.isfinite(m[1]["kl_mean"])
@@ -117,7 +124,7 @@ def test_ppo_multi_epochs(prefect_server, seed_model, store):
         assert 0.0 <= m["clip_fraction"] <= 1.0
         # epochs 2 and 3 run on weights the earlier epochs moved: the ratio leaves 1
         assert m["ratio_max"] > 1.0 + 1e-6 or m["ratio_min"] < 1.0 - 1e-6
-    assert _optimizer_steps("ppo-multi") == 3 * STEPS
+    assert _optimizer_steps(store, "ppo-multi") == 3 * STEPS
 
 
 def test_ppo_mini_batches(prefect_server, seed_model, store):
@@ -126,7 +133,7 @@ def test_ppo_mini_batches(prefect_server, seed_model, store):
         assert m["train_rows_backpropagated"] == ROWS  # one epoch
         assert 0.0 <= m["clip_fraction"] <= 1.0
         assert m["ratio_max"] > 1.0 + 1e-6 or m["ratio_min"] < 1.0 - 1e-6  # mini-batches 2-4 are off-policy
-    assert _optimizer_steps("ppo-mini") == 4 * STEPS
+    assert _optimizer_steps(store, "ppo-mini") == 4 * STEPS
 
 
 # --- DPO ---------------------------------------------------------------------------------------------------
@@ -231,8 +238,7 @@ def test_sft(prefect_server, seed_model, store):
 
 def test_bf16_master_weights(prefect_server, seed_model, store):
     _run(seed_model, store, "bf16", optimizer={"name": "adamw", "master_dtype": "bfloat16"})
-    model = runtime._RUNTIMES["bf16"].policy.model
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert {w.dtype for w in final_weights(store, "bf16").values()} == {torch.bfloat16}  # the trained weights
     for m in _metrics(store, "bf16", "memory_optimizer_state_bytes", "sparsity_parameters", "train_grad_norm"):
         # Adam's two moments take the parameters' dtype: 2 x 2 bytes per parameter (+ step scalars)
         n = m["sparsity_parameters"]

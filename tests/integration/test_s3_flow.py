@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM
 
-from rlcadence.storage.location import open_location
+from rlcadence.storage.stores import open_location
 from tests.integration.helpers import CLI, run_cli, small_config, sql, write_config
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 STEPS, M, G = 3, 8, 4
 OUTAGE_STEPS = 8
 BOOTSTRAP = {"steps": 30, "batch_size": 64, "model": {"hidden_size": 64, "intermediate_size": 128},
-             "task": {"n_heldout": 50}}
+             "environment": {"n_heldout": 50}}
 
 
 def _config(tmp_path: Path, store: str, **overrides) -> Path:

@@ -20,10 +20,10 @@ import pytest
 
 from rlcadence.storage import s3 as s3mod
 from rlcadence.storage import tables
-from rlcadence.storage.location import open_location
 from rlcadence.storage.query import connect
 from rlcadence.storage.s3 import S3Settings, S3StoreLocation, StoreError, open_s3_location
 from rlcadence.storage.seaweed import free_port
+from rlcadence.storage.stores import open_location
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,7 @@ def rollouts(run_id: str, step: int, prompts: int = 3, group: int = 4) -> pa.Tab
                     "run_id": run_id,
                     "step": step,
                     "policy_version": step,
-                    "task": "arith",
+                    "environment": "arith",
                     "prompt_id": f"p{k}",
                     "sample_index": i,
                     "prompt": f"{k}+1=",
@@ -125,7 +125,7 @@ def test_killed_writer_leaves_only_an_invisible_temp_object_that_sweep_removes(s
     loc = open_location(s3_env)
     tables.write_step_table(loc, "rollouts", "r1", 0, rollouts("r1", 0))
     code = (
-        "from rlcadence.storage import open_location, tables;"
+        "from rlcadence.storage import tables; from rlcadence.storage.stores import open_location;"
         "from tests.integration.test_s3_store import rollouts;"
         f"loc = open_location({s3_env!r});"
         "tables.write_step_table(loc, 'rollouts', 'r1', 1, rollouts('r1', 1))"

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcadence.tasks.objectives import AdvantageConfig, group_advantages, zero_advantage_group_fraction
+from rlcadence.objectives import AdvantageConfig, group_advantages, zero_advantage_group_fraction
 
 # Two groups of G=4: one with a single correct answer, one all correct.
 REWARDS = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])

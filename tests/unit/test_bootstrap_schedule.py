@@ -3,7 +3,7 @@
 import pytest
 
 from rlcadence.config import BootstrapConfig
-from rlcadence.tasks.bootstrap import bootstrap_lr
+from rlcadence.models.bootstrap import bootstrap_lr
 
 
 def test_warmup_peak_anneal_by_hand():

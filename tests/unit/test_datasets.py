@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from rlcadence.tasks.datasets import (
+from rlcadence.environments.datasets import (
     MATH_TEMPLATE,
     REJECTED_SCHEMA,
     DatasetError,
@@ -14,7 +14,7 @@ from rlcadence.tasks.datasets import (
     load_prompts,
     rejected_to_arrow,
 )
-from rlcadence.tasks.tiny_model import build_tokenizer
+from rlcadence.models.tiny import build_tokenizer
 
 GOOD = [{"prompt": "1+1?", "gold": "2"}, {"prompt": "2+2?", "gold": "4"}, {"prompt": "3+3?", "gold": "6"}]
 
@@ -65,7 +65,7 @@ def test_skip_mode_keeps_good_rows_in_order_and_lists_rejected(messy_jsonl):
     loaded = load_prompts(src, tokenizer=build_tokenizer())
     assert [r.prompt for r in loaded.rows] == ["Q: 1+1?", "Q: 2+2?", "Q: 3+3?"]
     assert [r.gold for r in loaded.rows] == ["2", "4", "6"]
-    assert {r.task for r in loaded.rows} == {"math"}
+    assert {r.environment for r in loaded.rows} == {"math"}
     assert len({r.prompt_id for r in loaded.rows}) == 3
     assert [r.row for r in loaded.rejected] == [2, 4, 5, 6, 8, 9]
     assert loaded.rejected[0].raw == '{"prompt": "broken", "gold": '  # not JSON: the line itself
@@ -124,11 +124,11 @@ def test_parquet_rows_are_0_based_and_columns_mapped(tmp_path):
         prompt_column="question",
         gold_column="answer",
         id_column="uid",
-        task="qa",
+        environment="qa",
         on_bad_row="skip",
     )
     loaded = load_prompts(src)
-    assert [(r.prompt_id, r.prompt, r.gold, r.task) for r in loaded.rows] == [
+    assert [(r.prompt_id, r.prompt, r.gold, r.environment) for r in loaded.rows] == [
         ("q0", "a", "1", "qa"),
         ("q2", "c", "3", "qa"),
     ]
@@ -152,10 +152,10 @@ def test_duplicate_ids_and_hashed_ids(tmp_path):
     assert rows[1].prompt_id == rows[0].prompt_id + "-1"
 
 
-def test_non_verifiable_task_without_gold(tmp_path):
+def test_non_verifiable_environment_without_gold(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [json.dumps({"prompt": "Write a haiku."})])
-    [row] = load_prompts(PromptSource(path=path, task="chat", gold_column=None)).rows  # a Path is fine too
-    assert row.gold is None and row.prompt == "Write a haiku."  # non-math tasks default to "{prompt}"
+    [row] = load_prompts(PromptSource(path=path, environment="chat", gold_column=None)).rows  # a Path is fine too
+    assert row.gold is None and row.prompt == "Write a haiku."  # non-math environments default to "{prompt}"
 
 
 def test_save_to_disk_directory(tmp_path):

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcadence.tasks.diagnostics import (
+from rlcadence.trainer.diagnostics import (
     adam_moment_grad_cosine,
     grad_global_norm,
     optimizer_state_bytes,

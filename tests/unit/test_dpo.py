@@ -4,7 +4,7 @@ import random
 import pytest
 import torch
 
-from rlcadence.tasks.objectives import DPOConfig, dpo_loss, select_pairs_scored, select_pairs_verifiable
+from rlcadence.objectives import DPOConfig, dpo_loss, select_pairs_scored, select_pairs_verifiable
 
 
 def test_verifiable_mixed_groups_seeded():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlcadence.tasks.objectives import (
+from rlcadence.objectives import (
     AdvantageConfig,
     FilterConfig,
     PolicyLossConfig,

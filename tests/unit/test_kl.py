@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcadence.tasks.objectives import kl_estimate, kl_k1, kl_k2, kl_k3
+from rlcadence.objectives import kl_estimate, kl_k1, kl_k2, kl_k3
 
 # tokens:        a      b      c
 LOGP = torch.tensor([-1.0, -2.0, -0.5])

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from rlcadence.tasks.verifiers.math import MathVerifier, extract_final_answer, last_boxed
-from rlcadence.tasks.verifiers.registry import get_verifier
+from rlcadence.verifiers.math import MathVerifier, extract_final_answer, last_boxed
+from rlcadence.verifiers.registry import get_verifier
 
 # (completion, gold, expected detail); reward is 1.0 exactly when the detail is "correct".
 CASES = [

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from rlcadence.tasks.objectives import PolicyLossConfig, loss_normalizer, policy_loss
+from rlcadence.objectives import PolicyLossConfig, loss_normalizer, policy_loss
 
 # Hand example: 2 rows x 3 tokens, old_logprobs = 0 so ratio = exp(logprobs).
 #   row 0: A = +1, ratios [1.5, 0.9, 1.0], all 3 tokens valid

@@ -1,14 +1,14 @@
 import pytest
 
-from rlcadence.tasks.verifiers.base import VerifierResult
-from rlcadence.tasks.verifiers.math import MathVerifier
-from rlcadence.tasks.verifiers.registry import (
+from rlcadence.verifiers.base import VerifierResult
+from rlcadence.verifiers.math import MathVerifier
+from rlcadence.verifiers.registry import (
     FunctionVerifier,
     get_verifier,
     load_function,
     register_verifier,
 )
-from rlcadence.tasks.verifiers.simple import ExactMatchVerifier, NumericVerifier
+from rlcadence.verifiers.simple import ExactMatchVerifier, NumericVerifier
 
 
 def float_verifier(completions, golds):

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForSequenceClassification
 
-from rlcadence.tasks.engine.base import Completion, Engine, SamplingParams
-from rlcadence.tasks.reward_models import JudgeScorer, SequenceClassifierScorer, normalize_rewards
-from rlcadence.tasks.tiny_model import build_tokenizer
+from rlcadence.engines.base import Completion, Engine, SamplingParams
+from rlcadence.models.tiny import build_tokenizer
+from rlcadence.reward_models import JudgeScorer, SequenceClassifierScorer, normalize_rewards
 
 PROMPTS = ["Say hi.", "Count to three.", "Name a colour.", "2+2=", "Why?"]
 COMPLETIONS = ["hi", "one two three", "blue", "4", "because it is a rather long explanation of things"]

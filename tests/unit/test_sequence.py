@@ -2,7 +2,7 @@ import math
 
 import torch
 
-from rlcadence.tasks.objectives import masked_entropy, masked_token_logprobs, sequence_logprob_sum
+from rlcadence.objectives import masked_entropy, masked_token_logprobs, sequence_logprob_sum
 
 # One sequence, T = 3, V = 2. Position 0 logits [0, 0] -> p = [1/2, 1/2];
 # position 1 logits [0, ln 3] -> p = [1/4, 3/4]; position 2 predicts past the end (unused for logprobs).

@@ -1,6 +1,6 @@
 import pytest
 
-from rlcadence.tasks.verifiers.simple import ExactMatchVerifier, NumericVerifier, last_number
+from rlcadence.verifiers.simple import ExactMatchVerifier, NumericVerifier, last_number
 
 
 def details(results):

@@ -2,7 +2,12 @@ import string
 
 import pytest
 
-from rlcadence.tasks.toy_preference import TASK_NAME, ToyLengthScorer, ToyPreferenceTask, length_score
+from rlcadence.environments.toy_preference import (
+    ENVIRONMENT_NAME,
+    ToyLengthScorer,
+    ToyPreferenceEnvironment,
+    length_score,
+)
 
 
 @pytest.mark.parametrize(
@@ -34,12 +39,12 @@ def test_scorer_reads_target_from_prompt_and_is_graded():
 
 
 def test_task_rows_are_seeded_random_access_and_printable():
-    task = ToyPreferenceTask(seed=3, max_target=6)
+    task = ToyPreferenceEnvironment(seed=3, max_target=6)
     rows = task.train_prompts(50)
-    assert rows == ToyPreferenceTask(seed=3, max_target=6).train_prompts(50)
+    assert rows == ToyPreferenceEnvironment(seed=3, max_target=6).train_prompts(50)
     assert task.train_prompts(10, start=20) == rows[20:30]  # a resumed run draws the same prompts
-    assert rows != ToyPreferenceTask(seed=4, max_target=6).train_prompts(50)
-    assert {r.task for r in rows} == {TASK_NAME}
+    assert rows != ToyPreferenceEnvironment(seed=4, max_target=6).train_prompts(50)
+    assert {r.environment for r in rows} == {ENVIRONMENT_NAME}
     assert {int(r.gold) for r in rows} == set(range(1, 7))
     assert all(r.prompt == f"len:{r.gold}>" and set(r.prompt) <= set(string.printable) for r in rows)
     heldout = task.heldout_prompts(20)
@@ -51,4 +56,4 @@ def test_task_rows_are_seeded_random_access_and_printable():
 
 def test_bad_range():
     with pytest.raises(ValueError):
-        ToyPreferenceTask(min_target=0)
+        ToyPreferenceEnvironment(min_target=0)

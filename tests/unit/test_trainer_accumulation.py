@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from rlcadence.config import RLConfig
-from rlcadence.tasks.objectives import loss_normalizer
-from rlcadence.tasks.tiny_model import TinyModelConfig, build_model, build_tokenizer
-from rlcadence.tasks.train import (
+from rlcadence.models.tiny import TinyModelConfig, build_model, build_tokenizer
+from rlcadence.objectives import loss_normalizer
+from rlcadence.trainer.update import (
     build_optimizer,
     dpo_update,
     forward_logprobs,

@@ -1,0 +1,79 @@
+"""The RL flow. One flow run = one experiment (paper A's loop, with DASH's batching knobs):
+
+    for step t = start .. T-1:
+        rollouts_t  <- generate(generator_t, prompts_t, G)        # generator synced every s steps
+        rewards_t   <- score(rollouts_t); A_t <- advantages       # committed to the rollouts table
+        theta_t+1   <- train(theta_t, rollouts_t)                 # checkpoint t+1
+        every E:       evaluate(theta_t+1)
+        commit metrics_t                                          # the step's commit point
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger, runtime
+
+from rlcadence.config import RLConfig
+from rlcadence.flows.bootstrap import bootstrap
+from rlcadence.models.bootstrap import bootstrap_metrics
+from rlcadence.models.source import resolve_model_dir
+from rlcadence.run_state import RunState
+from rlcadence.storage.results import result_storage_for
+from rlcadence.tasks.commit import commit
+from rlcadence.tasks.evaluate import evaluate
+from rlcadence.tasks.generate import generate
+from rlcadence.tasks.run import finish_run, new_run_id, start_run
+from rlcadence.tasks.score import score
+from rlcadence.tasks.train import train
+
+
+def _fmt(evaluated: dict) -> str:
+    acc = evaluated.get("eval/accuracy")
+    return "n/a (no held-out split)" if acc is None else f"{acc:.3f}"
+
+
+def seed_model(config: RLConfig) -> str:
+    if config.model is not None:
+        return str(resolve_model_dir(config.model))  # fails naming the path before any work
+    return bootstrap(config.bootstrap, config.store, config.s3)
+
+
+def stable_run_id(config: RLConfig) -> str:
+    """The run id survives a Prefect retry of the same flow run (same flow-run id -> same run)."""
+    if config.run_id:
+        return config.run_id
+    fr = runtime.flow_run.id
+    return f"{config.algorithm}-{str(fr)[:8]}" if fr else new_run_id(config)
+
+
+@flow(name="rlcadence-rl", log_prints=True, persist_result=True)
+def rl(config: RLConfig = RLConfig()) -> dict:
+    """Run (or continue) one RL experiment; returns held-out accuracy before and after."""
+    log = get_run_logger()
+    run_id = stable_run_id(config)
+    model_dir = seed_model(config)
+    results = result_storage_for(config.store, config.s3)
+    gen, sc, tr, ev, com = (t.with_options(result_storage=results) for t in (generate, score, train, evaluate, commit))
+    with RunState(config, run_id) as run:
+        start = start_run(run, model_dir)
+        before = ev(run, 0)
+        log.info(f"run {run_id}: start at step {start.start_step}/{config.steps}; held-out accuracy {_fmt(before)}")
+        after = before
+        for step in range(start.start_step, config.steps):
+            generated = gen(run, step)
+            scored = sc(run, step, generated)
+            trained = tr(run, step)
+            last = step + 1 == config.steps
+            evaluated = ev(run, step + 1) if (step + 1) % config.eval_every == 0 or last else {}
+            com(run, step, {**scored, **trained, **evaluated})
+            after = evaluated or after
+            log.info(f"step {step}: reward {scored['reward/mean']:.3f}" + (f", held-out {_fmt(evaluated)}" if evaluated else ""))
+        if start.start_step >= config.steps:
+            after = ev(run, config.steps)
+        summary = {
+            "run_id": run_id,
+            "bootstrap_accuracy": bootstrap_metrics(model_dir).get("bootstrap/heldout_accuracy"),
+            "initial_accuracy": before.get("eval/accuracy"),
+            "final_accuracy": after.get("eval/accuracy"),
+            "steps": config.steps,
+        }
+        return finish_run(run, summary)

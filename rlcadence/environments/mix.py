@@ -1,0 +1,184 @@
+"""The environments of a run: where each draws its prompts, how it is rewarded, and its share of a step.
+
+A run mixes environments (verifiable: a verifier checks a gold answer; non-verifiable: a scorer grades the
+completion). Each step's M prompts are split among environments by weight (largest remainder, the same split
+every step), and every prompt's G samples stay together, so GRPO groups and DPO pairs never cross environments.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rlcadence.environments.arithmetic import make_splits, verify_sum
+from rlcadence.environments.base import PromptRow
+from rlcadence.environments.datasets import PromptSource, RejectedRow, load_prompts
+from rlcadence.reward_models import DEFAULT_JUDGE_TEMPLATE, normalize_rewards
+from rlcadence.verifiers.base import VerifierResult
+
+
+class JudgeSpec(BaseModel):
+    """An LLM as judge: a causal LM (local dir or cached hub id) asked to grade each completion greedily."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Judge model dir or hub id (loaded with AutoModelForCausalLM).")
+    template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="str.format template with {prompt} and {completion}.")
+    parse_regex: str = Field(r"(\d+(?:\.\d+)?)", description="First match (group 1 if any) is the score.")
+    max_score: float = Field(10.0, gt=0, description="reward = score / max_score; scores outside [0, max] give 0.")
+    max_new_tokens: int = Field(16, ge=1)
+
+
+class EnvironmentSpec(BaseModel):
+    """One environment of the mix. ``kind`` picks the prompt source; rewards come from ``verifier`` (verifiable)
+    or ``reward_model`` (non-verifiable), with built-in defaults for the embedded environments."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("arithmetic", pattern=r"^[A-Za-z0-9_]+$", description="Stored in rollouts.environment; metric suffix.")
+    kind: Literal["arithmetic", "toy_pref", "dataset"] = "arithmetic"
+    source: PromptSource | None = Field(None, description="Prompts file (kind=dataset).")
+    verifier: str | None = Field(None, description="Registry name ('math', 'exact_match', 'numeric') or dotted path.")
+    reward_model: str | None = Field(None, description="AutoModelForSequenceClassification dir (non-verifiable).")
+    judge: JudgeSpec | None = Field(None, description="LLM-as-judge scorer (non-verifiable); unparseable replies "
+                                    "score 0 and are recorded in the rollout's verifier detail.")
+    weight: float = Field(1.0, gt=0, description="Share of each step's prompts (relative to the other environments).")
+    reward_normalization: Literal["none", "zscore", "minmax"] = "none"
+
+    @model_validator(mode="after")
+    def _complete(self) -> EnvironmentSpec:
+        if self.kind == "dataset":
+            if self.source is None:
+                raise ValueError(f"environment {self.name}: kind=dataset needs a source")
+            given = [k for k in ("verifier", "reward_model", "judge") if getattr(self, k) is not None]
+            if len(given) != 1:
+                raise ValueError(f"environment {self.name}: give exactly one of verifier / reward_model / judge "
+                                 f"(got {', '.join(given) or 'none'})")
+            if self.verifier is None and "gold_column" not in self.source.model_fields_set:
+                # scored environments need no reference answer: don't require the default 'gold' column
+                self.source = self.source.model_copy(update={"gold_column": None})
+        return self
+
+    @property
+    def verifiable(self) -> bool:
+        return self.kind == "arithmetic" or (self.kind == "dataset" and self.verifier is not None)
+
+
+def split_prompts(total: int, weights: list[float]) -> list[int]:
+    """Largest-remainder split of ``total`` prompts by weight (every environment gets at least one)."""
+    if total < len(weights):
+        raise ValueError(f"prompts_per_step={total} is smaller than the number of environments ({len(weights)})")
+    raw = [total * w / sum(weights) for w in weights]
+    counts = [max(1, int(r)) for r in raw]
+    order = sorted(range(len(raw)), key=lambda i: raw[i] - int(raw[i]), reverse=True)
+    i = 0
+    while sum(counts) < total:
+        counts[order[i % len(order)]] += 1
+        i += 1
+    while sum(counts) > total:
+        j = max(range(len(counts)), key=lambda k: counts[k])
+        counts[j] -= 1
+    return counts
+
+
+@dataclass
+class Environment:
+    """An environment ready to serve prompts and rewards in this process (verifier pools, loaded files)."""
+
+    spec: EnvironmentSpec
+    train_rows: list[PromptRow] | None = None  # dataset environments: all good rows, shuffled by seed
+    rejected: list[RejectedRow] = field(default_factory=list)
+    _scorer: object | None = None
+    _split_seed: int = 0
+    _digits: int = 3
+    _n_heldout: int = 500
+
+    def prompts(self, cursor: int, n: int) -> list[PromptRow]:
+        """Prompts ``cursor .. cursor+n`` of this environment's training stream (random access, resumable)."""
+        if self.spec.kind == "arithmetic":
+            train, _ = make_splits(self._split_seed, self._digits, self._n_heldout)
+            return [PromptRow(p.prompt_id, self.spec.name, p.prompt, p.gold) for p in train.batch(cursor, n)]
+        if self.spec.kind == "toy_pref":
+            from rlcadence.environments.toy_preference import ToyPreferenceEnvironment
+
+            rows = ToyPreferenceEnvironment(seed=self._split_seed).train_prompts(n, start=cursor)
+            return [PromptRow(r.prompt_id, self.spec.name, r.prompt, r.gold) for r in rows]
+        assert self.train_rows is not None
+        rows = self.train_rows
+        return [rows[(cursor + i) % len(rows)] for i in range(n)]
+
+    def heldout(self, n: int) -> list[PromptRow]:
+        if self.spec.kind == "arithmetic":
+            _, held = make_splits(self._split_seed, self._digits, self._n_heldout)
+            return [PromptRow(p.prompt_id, self.spec.name, p.prompt, p.gold) for p in held[:n]]
+        if self.spec.kind == "toy_pref":
+            from rlcadence.environments.toy_preference import ToyPreferenceEnvironment
+
+            return [PromptRow(r.prompt_id, self.spec.name, r.prompt, r.gold)
+                    for r in ToyPreferenceEnvironment(seed=self._split_seed).heldout_prompts(n)]
+        return []  # user datasets: evaluate with a separate held-out file (not built in yet)
+
+    def score(self, prompts: list[str], completions: list[str], golds: list[str | None]) -> list[VerifierResult]:
+        if self.spec.kind == "arithmetic":
+            results = verify_sum(completions, [g or "" for g in golds])
+        elif self.spec.kind == "toy_pref":
+            results = self._get_scorer()(prompts, completions)
+        elif self.spec.verifier is not None:
+            results = self._get_scorer()(completions, [g or "" for g in golds])
+        else:
+            results = self._get_scorer()(prompts, completions)
+        if self.spec.reward_normalization != "none":
+            scaled = normalize_rewards([r.reward for r in results], self.spec.reward_normalization)
+            results = [VerifierResult(x, r.detail) for x, r in zip(scaled, results, strict=True)]
+        return results
+
+    def _get_scorer(self):
+        if self._scorer is None:
+            if self.spec.kind == "toy_pref":
+                from rlcadence.environments.toy_preference import ToyLengthScorer
+
+                self._scorer = ToyLengthScorer()
+            elif self.spec.verifier is not None:
+                from rlcadence.verifiers.registry import get_verifier
+
+                self._scorer = get_verifier(self.spec.verifier)
+            elif self.spec.judge is not None:
+                self._scorer = _judge_scorer(self.spec.judge)
+            else:
+                from rlcadence.reward_models import SequenceClassifierScorer
+
+                self._scorer = SequenceClassifierScorer(self.spec.reward_model)
+        return self._scorer
+
+    def close(self) -> None:
+        close = getattr(self._scorer, "close", None)
+        if callable(close):
+            close()
+
+
+def _judge_scorer(spec: JudgeSpec):
+    from rlcadence.engines.hf import TransformersEngine
+    from rlcadence.models.source import resolve_model_dir
+    from rlcadence.reward_models import JudgeScorer
+
+    engine = TransformersEngine(resolve_model_dir(spec.model))
+    return JudgeScorer(engine, spec.template, spec.parse_regex, spec.max_score, spec.max_new_tokens)
+
+
+def open_environments(specs: list[EnvironmentSpec], seed: int, split_seed: int, digits: int, n_heldout: int,
+               tokenizer=None) -> list[Environment]:
+    """Load every environment; dataset files are validated here (fail or skip-and-record, per source)."""
+    live = []
+    for spec in specs:
+        env = Environment(spec, _split_seed=split_seed, _digits=digits, _n_heldout=n_heldout)
+        if spec.kind == "dataset":
+            assert spec.source is not None
+            loaded = load_prompts(spec.source.model_copy(update={"environment": spec.name}), tokenizer)
+            rows = list(loaded.rows)
+            random.Random(seed).shuffle(rows)
+            env.train_rows, env.rejected = rows, list(loaded.rejected)
+        live.append(env)
+    return live

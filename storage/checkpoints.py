@@ -1,0 +1,47 @@
+"""Checkpoints at rest: ``checkpoints/<run>/step-NNNNNN`` directories, published whole or not at all.
+
+What is inside a checkpoint is the trainer's business (:mod:`rlcadence.trainer.checkpoint`); this module
+only moves directories in and out of the store, lists them and prunes them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlcadence.storage.location import StoreLocation
+
+
+def checkpoint_parts(run_id: str, step: int) -> tuple[str, ...]:
+    return ("checkpoints", run_id, f"step-{step:06d}")
+
+
+def publish_checkpoint(loc: StoreLocation, run_id: str, step: int, local_dir: Path) -> str:
+    """Publish a local checkpoint directory as checkpoint ``step`` of ``run_id`` in one move."""
+    return loc.put_dir(local_dir, *checkpoint_parts(run_id, step))
+
+
+def local_checkpoint_dir(loc: StoreLocation, run_id: str, step: int, cache_root: Path) -> Path:
+    """A local directory holding checkpoint ``step`` (downloaded first when the store is remote)."""
+    parts = checkpoint_parts(run_id, step)
+    if not loc.dir_complete(*parts):
+        raise FileNotFoundError(f"checkpoint {loc.uri_of(*parts)} is missing or incomplete")
+    return loc.get_dir(cache_root / run_id / parts[-1], *parts)
+
+
+def checkpoint_steps(loc: StoreLocation, run_id: str) -> list[int]:
+    """Steps with a complete checkpoint for ``run_id``."""
+    steps = []
+    for name in loc.list_dirs("checkpoints", run_id):
+        if name.startswith("step-") and loc.dir_complete("checkpoints", run_id, name):
+            steps.append(int(name.removeprefix("step-")))
+    return sorted(steps)
+
+
+def prune_checkpoints(loc: StoreLocation, run_id: str, keep_latest: int, pinned: set[int]) -> list[int]:
+    """Delete checkpoints not among the latest ``keep_latest`` nor ``pinned`` (generator/ref versions)."""
+    steps = checkpoint_steps(loc, run_id)
+    keep = set(steps[-keep_latest:]) | pinned
+    removed = [s for s in steps if s not in keep]
+    for s in removed:
+        loc.delete_dir(*checkpoint_parts(run_id, s))
+    return removed

@@ -1,0 +1,112 @@
+"""The three tables of a store: ``rollouts``, ``metrics`` and ``runs`` (plus ``rejected`` dataset rows).
+
+Layout (hive partitions, one file per (run, step), so a rewrite after a crash replaces, never duplicates)::
+
+    rollouts/run_id=<id>/step=<t>/part-0.parquet
+    metrics/run_id=<id>/step=<t>/part-0.parquet
+    runs/run_id=<id>/<updated_at>-<status>.parquet     (append-only; the newest row wins)
+
+Partition columns are also stored inside each file, so a single file is self-describing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from datetime import datetime, timezone
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rlcadence.storage.location import StoreLocation
+
+TABLES = ("rollouts", "metrics", "runs", "rejected")
+
+ROLLOUT_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("policy_version", pa.int64()),
+        ("environment", pa.string()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("prompt", pa.string()),
+        ("gold", pa.string()),
+        ("completion", pa.string()),
+        ("completion_tokens", pa.int32()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("token_logprobs", pa.list_(pa.float32())),
+        ("logprob_sum", pa.float64()),
+        ("logprob_mean", pa.float64()),
+        ("finish_reason", pa.string()),
+        ("reward", pa.float64()),
+        ("verifier_detail", pa.string()),
+        ("advantage", pa.float64()),
+        ("kept", pa.bool_()),
+        ("generate_seconds", pa.float64()),
+        ("score_seconds", pa.float64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    return buf.getvalue()
+
+
+def step_file(table: str, run_id: str, step: int) -> tuple[str, ...]:
+    return (table, f"run_id={run_id}", f"step={step}", "part-0.parquet")
+
+
+def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, data: pa.Table) -> str:
+    """Write (or atomically replace) the one file of ``table`` for (run, step)."""
+    from rlcadence import faults
+
+    payload = table_to_parquet_bytes(data)
+    faults.maybe_crash_mid_write(loc, step_file(table, run_id, step), payload, table=table, step=step)
+    return loc.write_bytes(payload, *step_file(table, run_id, step))
+
+
+def write_metrics(loc: StoreLocation, run_id: str, step: int, metrics: dict) -> str:
+    row = {"run_id": run_id, "step": step, "created_at": utcnow(), **metrics}
+    return write_step_table(loc, "metrics", run_id, step, pa.Table.from_pylist([row]))
+
+
+def write_run_status(loc: StoreLocation, run_id: str, status: str, params: dict, **extra) -> str:
+    """Append a status row for ``run_id``; the ``runs`` view shows the newest one."""
+    now = utcnow()
+    row = {
+        "run_id": run_id,
+        "status": status,
+        "params": json.dumps(params, sort_keys=True, default=str),
+        "updated_at": now,
+        **extra,
+    }
+    name = f"{now.strftime('%Y%m%dT%H%M%S%f')}-{time.monotonic_ns() % 1000:03d}-{status}.parquet"
+    return loc.write_bytes(table_to_parquet_bytes(pa.Table.from_pylist([row])), "runs", f"run_id={run_id}", name)
+
+
+def read_run_params(loc: StoreLocation, run_id: str) -> dict:
+    """The parameters a run was started with (from its first status row)."""
+    files = loc.list_files("runs", f"run_id={run_id}", suffix=".parquet")
+    if not files:
+        raise FileNotFoundError(f"no run {run_id!r} in store {loc.uri}")
+    first = pq.read_table(io.BytesIO(loc.read_bytes(files[0])))
+    return json.loads(first.column("params")[0].as_py())
+
+
+def read_step_table(loc: StoreLocation, table: str, run_id: str, step: int) -> pa.Table:
+    return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+
+
+def committed_steps(loc: StoreLocation, table: str, run_id: str) -> list[int]:
+    """Steps of ``run_id`` whose ``table`` file is complete and visible."""
+    files = loc.list_files(table, f"run_id={run_id}", suffix=".parquet")
+    return sorted({int(f.split("step=")[1].split("/")[0]) for f in files})

@@ -1,0 +1,34 @@
+"""Stage 4, evaluate: held-out accuracy of the trainer's weights, per environment."""
+
+from __future__ import annotations
+
+from rlcadence.engines.hf import engine_from_model
+from rlcadence.environments.mix import Environment
+from rlcadence.evaluation import heldout_accuracy
+from rlcadence.run_state import RunState
+from rlcadence.tasks.stage import stage
+
+
+def _as_verifier(env: Environment, prompts: list[str]):
+    """Held-out scoring through the environment (its verifier or scorer) with the Verifier signature."""
+    return lambda completions, golds: env.score(prompts[: len(completions)], completions, golds)
+
+
+@stage("evaluate")
+def evaluate(run: RunState, policy_step: int) -> dict[str, float]:
+    """Greedy held-out accuracy of the trainer's weights after ``policy_step`` updates."""
+    cfg = run.config
+    policy = run.policy_at(policy_step)
+    engine = engine_from_model(policy.model.eval(), policy.tokenizer, policy_step)
+    out: dict[str, float] = {}
+    for i, env in enumerate(run.environments(policy.tokenizer)):
+        heldout = env.heldout(cfg.eval_size)
+        if not heldout:
+            continue
+        scorer = _as_verifier(env, [p.prompt for p in heldout])
+        m = heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], scorer, cfg.eval_sampling)
+        if i == 0:
+            out |= m  # the first environment's figures are the run's headline eval/accuracy
+        if len(cfg.environments) > 1:
+            out[f"eval/accuracy_{env.spec.name}"] = m["eval/accuracy"]
+    return out
