@@ -60,3 +60,17 @@ def test_refused(overrides, named):
 )
 def test_accepted(overrides):
     RLConfig.model_validate(BASE | overrides)
+
+
+def test_old_tasks_key_names_the_new_one():
+    import pydantic
+
+    from rlcadence.config import RLConfig
+
+    for raw, new in (({"tasks": [{"name": "arithmetic"}]}, "environments"), ({"bootstrap": {"task": {}}}, "environment")):
+        try:
+            RLConfig.model_validate(raw)
+        except pydantic.ValidationError as err:
+            assert f"write `{new}:` instead" in str(err)
+        else:
+            raise AssertionError(f"{raw} was accepted")
