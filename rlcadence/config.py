@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from rlcadence.devices import DEVICE_PATTERN, check_device
 from rlcadence.engines.base import SamplingParams
 from rlcadence.environments.mix import EnvironmentSpec
 from rlcadence.models.tiny import TinyModelConfig
@@ -138,6 +139,21 @@ class RLConfig(Strict):
     eval_size: int = Field(500, ge=1, description="Held-out problems per evaluation.")
     eval_sampling: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=6)
     keep_checkpoints: int = Field(2, ge=1, description="Latest checkpoints kept (plus those the generator/ref need).")
+    checkpoint_every: int = Field(
+        10, ge=1, description="Steps between full trainer checkpoints (model, optimizer, RNG, cursor, versions). "
+        "Resume loads the last one and replays the committed steps after it from the stored rollouts.")
+    checkpoint_shard_bytes: int = Field(2 * 1024**3, ge=1024**2, description="Safetensors shard size cap.")
+    device: str = Field("auto", pattern=DEVICE_PATTERN, description="Trainer and reference model (and, unless given "
+                        "their own, generator and evaluation): auto (CUDA when available), cpu, cuda, cuda:N.")
+    generator_device: str | None = Field(None, pattern=DEVICE_PATTERN, description="None: same as `device`.")
+    reference_offload: bool = Field(False, description="On CUDA, keep the reference model on the CPU between uses.")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
+    bf16_autocast: bool = Field(True, description="bf16 autocast for forward/backward on CUDA (ignored on CPU).")
+    max_tokens_per_micro_batch: int | None = Field(
+        None, ge=1, description="Token budget of one backward pass: rows are grouped by length and cut so that "
+        "rows x longest row <= budget. None: micro_batch_size rows (or the whole mini-batch).")
+    logits_chunk_tokens: int = Field(
+        1024, ge=1, description="Tokens per chunk of the LM head: log-probs and entropy never hold [N, T, V] logits.")
 
     @field_validator("sync_every", "ref_sync_every")
     @classmethod
@@ -145,6 +161,11 @@ class RLConfig(Strict):
         if v != "offline" and v < 1:
             raise ValueError("must be a positive number of steps (1 = online) or 'offline'")
         return v
+
+    @field_validator("device", "generator_device")
+    @classmethod
+    def _device_exists(cls, v: str | None) -> str | None:
+        return v if v is None or v == "auto" else check_device(v)
 
     @model_validator(mode="after")
     def _combinations(self) -> RLConfig:

@@ -19,6 +19,8 @@ class SamplingParams(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(8, ge=1, description="Completion length cap in tokens.")
     seed: int = Field(0, description="Seed of this call's sampling; the flow derives it from (run seed, step).")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings (besides the tokenizer's EOS); "
+                            "the completion ends after the token that completes one.")
 
 
 @dataclass

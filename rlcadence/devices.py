@@ -1,0 +1,46 @@
+"""Where tensors live: ``auto`` | ``cpu`` | ``cuda`` | ``cuda:N``, checked before any work.
+
+One resolver for every component (trainer, generator, reference, reward models, judges, evaluation), so a
+bad value fails the same way everywhere: naming the field, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
+
+
+def check_device(spec: str) -> str:
+    """``spec`` if this machine has that device; else a ValueError that says what it has."""
+    if not re.match(DEVICE_PATTERN, spec):
+        raise ValueError(f"{spec!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"{spec!r} asked for, but this machine has no CUDA device (torch {torch.__version__}); "
+                             "use device=auto or cpu")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"{spec!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return spec
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(check_device(spec))
+
+
+def configure_matmul(device: torch.device) -> None:
+    """TF32 for fp32 matmuls and cuDNN on CUDA: safe for training (bf16 autocast already rounds harder)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA; a no-op context on the CPU (keeps CPU runs bitwise reproducible in fp32)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
