@@ -7,8 +7,10 @@ bad value fails the same way everywhere: naming the field, before a model is loa
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 DEVICE_PATTERN = r"^(auto|cpu|cuda(:\d+)?)$"
 
@@ -18,6 +20,8 @@ def check_device(spec: str) -> str:
     if not re.match(DEVICE_PATTERN, spec):
         raise ValueError(f"{spec!r} is not a device: use auto, cpu, cuda or cuda:N")
     if spec.startswith("cuda"):
+        import torch  # only here: a config check on the CPU must not pay for importing torch
+
         if not torch.cuda.is_available():
             raise ValueError(f"{spec!r} asked for, but this machine has no CUDA device (torch {torch.__version__}); "
                              "use device=auto or cpu")
@@ -29,6 +33,8 @@ def check_device(spec: str) -> str:
 
 def resolve_device(spec: str) -> torch.device:
     """``auto`` -> the first CUDA device when there is one, else the CPU."""
+    import torch
+
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(check_device(spec))
@@ -36,6 +42,8 @@ def resolve_device(spec: str) -> torch.device:
 
 def configure_matmul(device: torch.device) -> None:
     """TF32 for fp32 matmuls and cuDNN on CUDA: safe for training (bf16 autocast already rounds harder)."""
+    import torch
+
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -43,4 +51,6 @@ def configure_matmul(device: torch.device) -> None:
 
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA; a no-op context on the CPU (keeps CPU runs bitwise reproducible in fp32)."""
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
