@@ -1,4 +1,5 @@
-"""Fail points for crash tests: ``RLCADENCE_CRASH_AT=<point>:<step>`` SIGKILLs this process there.
+"""Fail points for crash tests: ``RLCADENCE_CRASH_AT=<point>:<step>[,<point>:<step>...]`` SIGKILLs this
+process at the first armed point it reaches.
 
 Points: ``generate`` (inside generation, after sampling started), ``write:<table>`` (half-way through
 writing a Parquet file: a temp file with half the bytes is left behind, never renamed). A real SIGKILL,
@@ -15,11 +16,11 @@ ENV = "RLCADENCE_CRASH_AT"
 
 
 def _armed(point: str, step: int) -> bool:
-    spec = os.environ.get(ENV, "")
-    if not spec:
-        return False
-    want_point, _, want_step = spec.rpartition(":")
-    return want_point == point and want_step == str(step)
+    for spec in filter(None, os.environ.get(ENV, "").split(",")):
+        want_point, _, want_step = spec.strip().rpartition(":")
+        if want_point == point and want_step == str(step):
+            return True
+    return False
 
 
 def maybe_crash(point: str, step: int) -> None:

@@ -1,31 +1,56 @@
 """The live objects of one run in this process: policy + optimizer, generator, reference model, bf16
-snapshots and the opened environments.
+snapshots, the opened environments, and the background checkpoint writer.
 
 The flow opens one :class:`RunState` and hands it to every stage, so a stage's signature says what it
 depends on. Stages pass URIs, not tensors; the run state keeps the models in memory between the stages of
 one process. It never travels: pickled (a stage on another process or machine, a persisted result), it
-becomes its recipe, ``(config, run_id)``, and the copy rebuilds what it needs from the store's checkpoints.
+becomes its recipe, ``(config, run_id)``, and the copy rebuilds what it needs from the store.
+
+Rebuilding is one rule, :meth:`RunState.policy_at`: load the latest full checkpoint at or before the step,
+then replay the committed steps after it from their stored rollouts (no generation, no scoring). A policy
+*version* (what the generator or reference holds) comes from the live policy, a copy held since a replay,
+the generator itself, or the store: a full checkpoint, or a weights-only one written when a version older
+than the latest full checkpoint is still in use.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import random
 import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcadence.config import RLConfig
+from rlcadence.config import RLConfig, is_due
+from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.hf import TransformersEngine
 from rlcadence.environments.mix import Environment, open_environments
-from rlcadence.storage.checkpoints import local_checkpoint_dir, publish_checkpoint
-from rlcadence.trainer.checkpoint import TrainerState, load_trainer_state, write_checkpoint
+from rlcadence.storage.checkpoints import (
+    FULL,
+    WEIGHTS,
+    checkpoint_steps,
+    has_weights,
+    local_checkpoint_dir,
+    local_weights_dir,
+    publish_checkpoint,
+)
+from rlcadence.trainer.checkpoint import (
+    Snapshot,
+    TrainerState,
+    load_trainer_state,
+    restore_rng,
+    snapshot,
+    write_snapshot,
+)
 from rlcadence.trainer.update import build_optimizer
 
 CACHE_ROOT = Path(os.environ.get("RLCADENCE_CACHE", Path.home() / ".cache" / "rlcadence"))
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -36,17 +61,73 @@ class Policy:
     state: TrainerState
 
 
+class CheckpointWriter:
+    """Serialises and publishes checkpoints on one background thread, in order, off the step's critical path.
+
+    A failed write is raised at the next submit or at :meth:`wait`; a killed process leaves only temp files
+    (publishing is atomic), and resume falls back to the previous checkpoint plus replay.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlc-ckpt")
+        self._pending: list[Future] = []
+        self.last_write_s: float | None = None
+
+    def submit(self, job) -> None:
+        self._reap(block=False)
+        self._pending.append(self._pool.submit(self._timed, job))
+
+    def _timed(self, job) -> str:
+        t0 = time.perf_counter()
+        uri = job()
+        self.last_write_s = time.perf_counter() - t0
+        return uri
+
+    def _reap(self, block: bool) -> None:
+        still = []
+        for fut in self._pending:
+            if block or fut.done():
+                fut.result()  # raises the write's error here, in the trainer's thread
+            else:
+                still.append(fut)
+        self._pending = still
+
+    def wait(self) -> None:
+        self._reap(block=True)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def versions_at(state: TrainerState, step: int, cfg: RLConfig) -> tuple[int, int]:
+    """(generator version, reference version) after advancing ``state`` to ``step`` under the run's cadences."""
+    gen, ref = state.generator_version, state.ref_version
+    for done in range(state.step + 1, step + 1):
+        gen = done if is_due(done, cfg.sync_every) else gen
+        ref = done if is_due(done, cfg.ref_sync_every) else ref
+    return gen, ref
+
+
 class RunState:
     """One run's live objects, owned by whoever opened it (the flow), released by :meth:`close`."""
 
     def __init__(self, config: RLConfig, run_id: str):
         self.config, self.run_id = config, run_id
         self.loc = config.store_location()
+        self.device = resolve_device(config.device)
+        self.generator_device = resolve_device(config.generator_device or config.device)
+        configure_matmul(self.device)
         self.policy: Policy | None = None
         self.engine: TransformersEngine | None = None
         self.ref_model: torch.nn.Module | None = None
         self.ref_version: int | None = None
-        self._snapshots: dict[int, dict[str, torch.Tensor]] = {}  # bf16 weights by checkpoint step
+        self.writer = CheckpointWriter()
+        self._held: dict[int, dict[str, torch.Tensor]] = {}  # host copies of versions passed during a replay
+        self._bf16: dict[int, dict[str, torch.Tensor]] = {}  # bf16 weights by version (update sparsity)
+        self._persisted: set[int] = set()  # versions whose weights are in the store or being written
         self._environments: list[Environment] | None = None
 
     def __reduce__(self):
@@ -62,75 +143,181 @@ class RunState:
         self.close()
 
     def close(self) -> None:
-        """Stop scorer pools and drop the models (a later stage call would rebuild them)."""
-        for env in self._environments or []:
-            env.close()
-        self._environments = None
-        self.policy = self.engine = self.ref_model = None
-        self._snapshots.clear()
+        """Finish pending checkpoint writes, stop scorer pools and drop the models."""
+        try:
+            self.writer.close()
+        finally:
+            for env in self._environments or []:
+                env.close()
+            self._environments = None
+            self.policy = self.engine = self.ref_model = None
+            self._held.clear()
+            self._bf16.clear()
 
     @property
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.config.optimizer.master_dtype == "bfloat16" else torch.float32
 
-    def checkpoint_dir(self, step: int) -> Path:
-        return local_checkpoint_dir(self.loc, self.run_id, step, CACHE_ROOT / "checkpoints")
+    @property
+    def generator_dtype(self) -> torch.dtype:
+        """fp32 on the CPU (bitwise reproducible sampling); bf16 on CUDA, as generators there run."""
+        return torch.bfloat16 if self.generator_device.type == "cuda" else torch.float32
 
-    def save_checkpoint(self, model, tokenizer, state: TrainerState) -> str:
-        """Write checkpoint ``state.step`` to a local temp dir, then publish it in the store in one move."""
+    # -- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_dir(self, step: int, kind: str = FULL) -> Path:
+        return local_checkpoint_dir(self.loc, self.run_id, step, CACHE_ROOT / "checkpoints", kind)
+
+    def _publish(self, snap: Snapshot, step: int, kind: str) -> str:
         with tempfile.TemporaryDirectory(prefix="rlc-ckpt-") as tmp:
-            write_checkpoint(Path(tmp), model, tokenizer, state)
-            return publish_checkpoint(self.loc, self.run_id, state.step, Path(tmp))
+            write_snapshot(Path(tmp), snap, self.config.checkpoint_shard_bytes)
+            return publish_checkpoint(self.loc, self.run_id, step, Path(tmp), kind)
 
-    def policy_at(self, step: int) -> Policy:
-        """The trainer's model + optimizer after ``step`` optimizer steps (memory, else checkpoint)."""
-        if self.policy is not None and self.policy.state.step == step:
-            return self.policy
+    def save_checkpoint(self, model, tokenizer, state: TrainerState, optimizer=None, wait: bool = False) -> int:
+        """Checkpoint ``state.step``: host copies now, serialisation and publishing in the background.
+        Returns the bytes copied (weights + optimizer state)."""
+        snap = snapshot(model, tokenizer, state, optimizer)
+        self._persisted.add(state.step)
+        self.writer.submit(lambda: self._publish(snap, state.step, FULL))
+        if wait:
+            self.writer.wait()
+        return snap.nbytes
+
+    def checkpoint_if_due(self, policy: Policy) -> dict[str, float]:
+        """After an update: a full checkpoint every ``checkpoint_every`` steps (and after the last step), plus
+        the weights of any generator/reference version older than it that is still in use."""
+        cfg, state = self.config, policy.state
+        if state.step % cfg.checkpoint_every and state.step != cfg.steps:
+            return {"checkpoint/bytes": 0.0}
+        t0 = time.perf_counter()
+        nbytes = self.save_checkpoint(policy.model, policy.tokenizer, state, policy.optimizer)
+        for version, model in self._versions_in_use(state):
+            if version < state.step and version not in self._persisted and not has_weights(self.loc, self.run_id, version):
+                snap = snapshot(model, policy.tokenizer, None)
+                nbytes += snap.nbytes
+                self._persisted.add(version)
+                self.writer.submit(lambda snap=snap, v=version: self._publish(snap, v, WEIGHTS))
+        out = {"checkpoint/bytes": float(nbytes), "time/checkpoint_s": time.perf_counter() - t0}
+        if self.writer.last_write_s is not None:
+            out["time/checkpoint_write_s"] = self.writer.last_write_s
+        return out
+
+    def _versions_in_use(self, state: TrainerState) -> list[tuple[int, torch.nn.Module]]:
+        """(version, a module holding exactly its weights) for the generator and, when loaded, the reference."""
+        out = []
+        if self.engine is not None and self.engine.policy_version == state.generator_version:
+            out.append((state.generator_version, self.engine.model))
+        if self.ref_model is not None and self.ref_version == state.ref_version:
+            out.append((state.ref_version, self.ref_model))
+        return out
+
+    # -- the policy ----------------------------------------------------------------------------
+    def _load_policy(self, step: int) -> Policy:
         ckpt = self.checkpoint_dir(step)
         state = load_trainer_state(ckpt)
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype)
+        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype).to(self.device)
+        if self.config.activation_checkpointing:
+            model.gradient_checkpointing_enable()
         tokenizer = AutoTokenizer.from_pretrained(ckpt)
         optimizer = build_optimizer(model, self.config.optimizer)
         if state.optimizer:
             optimizer.load_state_dict(state.optimizer)
-        if state.torch_rng is not None:
-            torch.set_rng_state(state.torch_rng)
-        if state.python_rng is not None:
-            random.setstate(state.python_rng)
-        self.policy = Policy(model, tokenizer, optimizer, state)
-        return self.policy
+        restore_rng(state)
+        self._persisted.add(step)
+        return Policy(model, tokenizer, optimizer, state)
+
+    def policy_at(self, step: int) -> Policy:
+        """The trainer's model + optimizer after ``step`` optimizer steps: in memory, or rebuilt from the
+        latest full checkpoint at or before ``step`` and the committed steps after it (replayed, not re-run)."""
+        from rlcadence.trainer.step import (
+            advance,  # the step needs the run state; import here, not at the top
+        )
+
+        live = self.policy
+        if live is None or live.state.step > step:
+            base = max((s for s in checkpoint_steps(self.loc, self.run_id) if s <= step), default=None)
+            if base is None:
+                raise FileNotFoundError(f"run {self.run_id}: no checkpoint at or before step {step} in {self.loc.uri}")
+            live = self.policy = self._load_policy(base)
+        if live.state.step < step:
+            targets = set(versions_at(live.state, step, self.config))
+            log.info("run %s: replaying steps %d..%d from the stored rollouts", self.run_id, live.state.step, step - 1)
+            while live.state.step < step:
+                advance(self, live, live.state.step)
+                if live.state.step in targets and live.state.step < step:
+                    self._held[live.state.step] = {k: v.detach().to("cpu", copy=True)
+                                                   for k, v in live.model.state_dict().items()}
+        return live
+
+    # -- policy versions -----------------------------------------------------------------------
+    def weights_of(self, version: int, engine_ok: bool = False) -> dict[str, torch.Tensor] | None:
+        """The weights of policy ``version`` from memory, or None when only the store has them."""
+        live = self.policy
+        if live is not None and live.state.step == version:
+            return live.model.state_dict()
+        if version in self._held:
+            return self._held[version]
+        if engine_ok and self.engine is not None and self.engine.policy_version == version:
+            return self.engine.model.state_dict()
+        return None
+
+    def _model_at(self, version: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+        weights = self.weights_of(version)
+        if weights is None:
+            path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(self.checkpoint_dir(0), dtype=dtype)
+        model.load_state_dict(weights)
+        return model.to(device)
+
+    def _drop_held(self) -> None:
+        keep = {self.engine.policy_version if self.engine else None, self.ref_version}
+        for v in [v for v in self._held if v not in keep]:
+            del self._held[v]
 
     def generator_at(self, version: int) -> TransformersEngine:
-        """The generation engine holding policy ``version`` (synced from memory when it is the live policy)."""
+        """The generation engine holding policy ``version`` (synced from memory when it is there)."""
         if self.engine is None:
-            self.engine = TransformersEngine(self.checkpoint_dir(version), version=version)
-        elif self.engine.policy_version != version:
-            live = self.policy
-            if live is not None and live.state.step == version:
-                self.engine.load_state_dict({k: v.float() for k, v in live.model.state_dict().items()}, version)
+            self.engine = TransformersEngine(self.checkpoint_dir(0), version=0, device=str(self.generator_device),
+                                             dtype=self.generator_dtype)
+        if self.engine.policy_version != version:
+            weights = self.weights_of(version)
+            if weights is None:
+                path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
+                self.engine.load_weights(path, version)
             else:
-                self.engine.load_weights(self.checkpoint_dir(version), version)
+                self.engine.load_state_dict(weights, version)
+            self._drop_held()
         return self.engine
 
     def reference_at(self, version: int) -> torch.nn.Module:
+        """The reference model at policy ``version``: no grad, eval mode, on the trainer's device."""
         if self.ref_model is None or self.ref_version != version:
-            self.ref_model = AutoModelForCausalLM.from_pretrained(self.checkpoint_dir(version)).eval()
+            self.ref_model = self._model_at(version, torch.float32, self.device).eval().requires_grad_(False)
             self.ref_version = version
-        return self.ref_model
+            self._drop_held()
+        return self.ref_model.to(self.device)
 
-    def bf16_snapshot(self, step: int) -> dict[str, torch.Tensor]:
-        """Weights of checkpoint ``step`` in bf16 (for update sparsity), kept for the two versions in use."""
-        if step not in self._snapshots:
-            model = AutoModelForCausalLM.from_pretrained(self.checkpoint_dir(step))
-            self._snapshots[step] = {k: v.detach().to(torch.bfloat16) for k, v in model.state_dict().items()}
-            for old in [s for s in self._snapshots if s not in (0, step)][:-1]:
-                del self._snapshots[old]
-        return self._snapshots[step]
+    def release_reference(self) -> None:
+        """With ``reference_offload`` on CUDA, park the reference model in host memory between uses."""
+        if self.ref_model is not None and self.config.reference_offload and self.device.type == "cuda":
+            self.ref_model.to("cpu")
+
+    def bf16_weights(self, version: int) -> dict[str, torch.Tensor]:
+        """Weights of ``version`` in bf16 (update sparsity), kept for version 0 and the one in use."""
+        if version not in self._bf16:
+            weights = self.weights_of(version, engine_ok=True)
+            if weights is None:
+                path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
+                weights = AutoModelForCausalLM.from_pretrained(path).state_dict()
+            self._bf16[version] = {k: v.detach().to(torch.bfloat16, copy=True) for k, v in weights.items()}
+            for old in [s for s in self._bf16 if s not in (0, version)]:
+                del self._bf16[old]
+        return self._bf16[version]
 
     def environments(self, tokenizer=None) -> list[Environment]:
         """The run's environments, opened once per process (dataset files read and validated, scorers started)."""
         if self._environments is None:
             cfg, arith = self.config, self.config.bootstrap.environment
             self._environments = open_environments(cfg.environments, cfg.seed, arith.split_seed, arith.digits,
-                                                   arith.n_heldout, tokenizer)
+                                                   arith.n_heldout, tokenizer, device=str(self.device))
         return self._environments

@@ -37,7 +37,8 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
     """Create checkpoint 0 from the seed model (once), and find where the run continues.
 
     A step is done when its metrics row is committed (the last write of a step), so resume starts at the
-    step after the last committed one; checkpoint ``start_step`` exists by construction.
+    step after the last committed one. Its policy is rebuilt from the latest full checkpoint at or before it
+    plus a replay of the committed steps in between (:meth:`RunState.policy_at`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -47,7 +48,8 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
     if 0 not in checkpoint_steps(loc, run_id):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=run.dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        run.save_checkpoint(model, tokenizer, TrainerState(step=0, data_cursor=0, generator_version=0, ref_version=0))
+        run.save_checkpoint(model, tokenizer, TrainerState(step=0, data_cursor=0, generator_version=0, ref_version=0),
+                            wait=True)
     envs = run.environments(AutoTokenizer.from_pretrained(model_dir))
     rejected = [r for e in envs for r in e.rejected]
     if rejected:
@@ -55,14 +57,15 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
         loc.write_bytes(tables.table_to_parquet_bytes(table), "rejected", f"run_id={run_id}", "part-0.parquet")
     done = tables.committed_steps(loc, "metrics", run_id)
     start = max(done) + 1 if done else 0
-    if start not in checkpoint_steps(loc, run_id):
-        raise RuntimeError(f"run {run_id}: step {start} has no checkpoint in {loc.uri}; cannot resume")
+    if not [s for s in checkpoint_steps(loc, run_id) if s <= start]:
+        raise RuntimeError(f"run {run_id}: no checkpoint at or before step {start} in {loc.uri}; cannot resume")
     return RunStart(run_id, start)
 
 
 def export_final_model(run: RunState, step: int) -> str:
     """Publish the final policy (HF format) under ``models/<run_id>`` for downstream use."""
     policy = run.policy_at(step)
+    run.writer.wait()  # the last checkpoint is published before the run says it is complete
     with tempfile.TemporaryDirectory(prefix="rlc-final-") as tmp:
         policy.model.save_pretrained(tmp)
         policy.tokenizer.save_pretrained(tmp)

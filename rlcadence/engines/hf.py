@@ -111,5 +111,6 @@ def engine_from_model(model, tokenizer, version: int) -> TransformersEngine:
     """Wrap an in-memory model (e.g. the trainer's, for evaluation) without copying it."""
     engine = TransformersEngine.__new__(TransformersEngine)
     engine.model, engine.tokenizer, engine._version = model, tokenizer, version
-    engine.device, engine.dtype = "cpu", next(model.parameters()).dtype
+    param = next(model.parameters())
+    engine.device, engine.dtype = param.device, param.dtype
     return engine

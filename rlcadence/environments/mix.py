@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rlcadence.devices import DEVICE_PATTERN
 from rlcadence.environments.arithmetic import make_splits, verify_sum
 from rlcadence.environments.base import PromptRow
 from rlcadence.environments.datasets import PromptSource, RejectedRow, load_prompts
@@ -47,6 +48,7 @@ class EnvironmentSpec(BaseModel):
                                     "score 0 and are recorded in the rollout's verifier detail.")
     weight: float = Field(1.0, gt=0, description="Share of each step's prompts (relative to the other environments).")
     reward_normalization: Literal["none", "zscore", "minmax"] = "none"
+    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Reward model / judge device; None: the run's.")
 
     @model_validator(mode="after")
     def _complete(self) -> EnvironmentSpec:
@@ -95,6 +97,7 @@ class Environment:
     _split_seed: int = 0
     _digits: int = 3
     _n_heldout: int = 500
+    _device: str = "cpu"
 
     def prompts(self, cursor: int, n: int) -> list[PromptRow]:
         """Prompts ``cursor .. cursor+n`` of this environment's training stream (random access, resumable)."""
@@ -146,11 +149,11 @@ class Environment:
 
                 self._scorer = get_verifier(self.spec.verifier)
             elif self.spec.judge is not None:
-                self._scorer = _judge_scorer(self.spec.judge)
+                self._scorer = _judge_scorer(self.spec.judge, self.spec.device or self._device)
             else:
                 from rlcadence.reward_models import SequenceClassifierScorer
 
-                self._scorer = SequenceClassifierScorer(self.spec.reward_model)
+                self._scorer = SequenceClassifierScorer(self.spec.reward_model, device=self.spec.device or self._device)
         return self._scorer
 
     def close(self) -> None:
@@ -159,21 +162,21 @@ class Environment:
             close()
 
 
-def _judge_scorer(spec: JudgeSpec):
+def _judge_scorer(spec: JudgeSpec, device: str):
     from rlcadence.engines.hf import TransformersEngine
     from rlcadence.models.source import resolve_model_dir
     from rlcadence.reward_models import JudgeScorer
 
-    engine = TransformersEngine(resolve_model_dir(spec.model))
+    engine = TransformersEngine(resolve_model_dir(spec.model), device=device)
     return JudgeScorer(engine, spec.template, spec.parse_regex, spec.max_score, spec.max_new_tokens)
 
 
 def open_environments(specs: list[EnvironmentSpec], seed: int, split_seed: int, digits: int, n_heldout: int,
-               tokenizer=None) -> list[Environment]:
+               tokenizer=None, device: str = "cpu") -> list[Environment]:
     """Load every environment; dataset files are validated here (fail or skip-and-record, per source)."""
     live = []
     for spec in specs:
-        env = Environment(spec, _split_seed=split_seed, _digits=digits, _n_heldout=n_heldout)
+        env = Environment(spec, _split_seed=split_seed, _digits=digits, _n_heldout=n_heldout, _device=device)
         if spec.kind == "dataset":
             assert spec.source is not None
             loaded = load_prompts(spec.source.model_copy(update={"environment": spec.name}), tokenizer)
