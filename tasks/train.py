@@ -16,7 +16,7 @@ from rlcadence.seeding import derive_seed
 from rlcadence.storage import tables
 from rlcadence.tasks.stage import stage
 from rlcadence.trainer.diagnostics import optimizer_state_bytes, peak_memory_bytes, update_sparsity
-from rlcadence.trainer.update import dpo_update, pack, policy_update, sft_update
+from rlcadence.trainer.update import MicroBatching, dpo_update, pack, policy_update, sft_update
 
 
 @stage("train")
@@ -106,7 +106,7 @@ def update(run: RunState, policy: Policy, step: int) -> dict[str, float]:
     if cfg.algorithm == "sft":
         gold_ids = [tok(r["gold"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for r in rows[:: cfg.group_size]]
         batch = pack(prompt_ids[:: cfg.group_size], gold_ids, tok.pad_token_id)
-        return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, cfg.micro_batch_size)
+        return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, MicroBatching.of(cfg))
     if cfg.algorithm == "dpo":
         pairs = dpo_pairs(run.environments(), rows, cfg.group_size, derive_seed(cfg.seed, step, "pairs"))
         pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tok.pad_token_id)  # noqa: E731
