@@ -17,7 +17,7 @@ from rlcadence.environments.mix import Environment
 from rlcadence.objectives import PairSelection, select_pairs_scored, select_pairs_verifiable
 from rlcadence.seeding import derive_seed
 from rlcadence.storage import tables
-from rlcadence.trainer.update import dpo_update, pack, policy_update, sft_update
+from rlcadence.trainer.update import MicroBatching, dpo_update, pack, policy_update, sft_update
 
 if TYPE_CHECKING:
     from rlcadence.run_state import Policy, RunState
@@ -57,7 +57,7 @@ def update(run: RunState, policy: Policy, step: int) -> dict[str, float]:
             gold_ids = [tok(r["gold"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                         for r in rows[:: cfg.group_size]]
             batch = pack(prompt_ids[:: cfg.group_size], gold_ids, tok.pad_token_id)
-            return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, cfg.micro_batch_size)
+            return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, MicroBatching.of(cfg))
         if cfg.algorithm == "dpo":
             pairs = dpo_pairs(run.environments(), rows, cfg.group_size, derive_seed(cfg.seed, step, "pairs"))
             pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tok.pad_token_id)  # noqa: E731
