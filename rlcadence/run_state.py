@@ -47,7 +47,7 @@ from rlcadence.trainer.checkpoint import (
     snapshot,
     write_snapshot,
 )
-from rlcadence.trainer.update import build_optimizer
+from rlcadence.trainer.update import build_optimizer, prepare_for_training
 
 CACHE_ROOT = Path(os.environ.get("RLCADENCE_CACHE", Path.home() / ".cache" / "rlcadence"))
 log = logging.getLogger(__name__)
@@ -215,8 +215,7 @@ class RunState:
         ckpt = self.checkpoint_dir(step)
         state = load_trainer_state(ckpt)
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype).to(self.device)
-        if self.config.activation_checkpointing:
-            model.gradient_checkpointing_enable()
+        prepare_for_training(model, self.config)
         tokenizer = AutoTokenizer.from_pretrained(ckpt)
         optimizer = build_optimizer(model, self.config.optimizer)
         if state.optimizer:
