@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlcadence.config import RLConfig
 from rlcadence.engines.hf import TransformersEngine
 from rlcadence.environments.mix import Environment, open_environments
+from rlcadence.preflight import default_max_prompt_tokens
 from rlcadence.storage.checkpoints import local_checkpoint_dir, publish_checkpoint
 from rlcadence.trainer.checkpoint import TrainerState, load_trainer_state, write_checkpoint
 from rlcadence.trainer.update import build_optimizer
@@ -132,5 +133,5 @@ class RunState:
         if self._environments is None:
             cfg, arith = self.config, self.config.bootstrap.environment
             self._environments = open_environments(cfg.environments, cfg.seed, arith.split_seed, arith.digits,
-                                                   arith.n_heldout, tokenizer)
+                                                   arith.n_heldout, tokenizer, default_max_prompt_tokens(cfg))
         return self._environments
