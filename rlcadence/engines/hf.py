@@ -98,6 +98,8 @@ class TransformersEngine:
         cut: list[int | None] = [None] * b  # text offset of the stop string that ended the row
         stop_tensor = torch.tensor(sorted(stop_ids))
         kv = {self._cache_kwarg(): DynamicCache(config=self.model.config)}  # filled in place, step by step
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kv["logits_to_keep"] = 1  # the prefill's LM head on the last position only: [B, 1, V], not [B, P, V]
         cur_ids = input_ids
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         for _ in range(sp.max_new_tokens):
