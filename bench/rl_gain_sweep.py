@@ -25,12 +25,13 @@ from rlcadence.environments.arithmetic import make_splits, verify_sum
 from rlcadence.evaluation import heldout_accuracy
 from rlcadence.models.bootstrap import bootstrap_key, train_bootstrap
 from rlcadence.objectives import gradient_filter_mask, group_advantages
+from rlcadence.prompts import encode_prompts
 from rlcadence.trainer.update import build_optimizer, pack, policy_update
 
 
 def held_out(model, tokenizer, heldout, cfg: RLConfig) -> float:
     engine = engine_from_model(model.eval(), tokenizer, 0)
-    return heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], verify_sum,
+    return heldout_accuracy(engine, encode_prompts(tokenizer, [p.prompt for p in heldout]), [p.gold for p in heldout], verify_sum,
                             cfg.eval_sampling)["eval/accuracy"]
 
 
@@ -50,13 +51,14 @@ def run(model_dir: Path, cfg: RLConfig, eval_every: int) -> list[tuple[int, floa
             group["lr"] = cfg.optimizer.lr_at(step)
         engine.load_state_dict(model.state_dict(), step)  # online: generator synced every step
         problems = train.batch(step * m, m)
-        groups = engine.generate([p.prompt for p in problems], g, cfg.sampling.model_copy(update={"seed": step}))
+        ids = encode_prompts(tok, [p.prompt for p in problems])
+        groups = engine.generate(ids, g, cfg.sampling.model_copy(update={"seed": step}))
         flat = [c for grp in groups for c in grp]
         golds = [p.gold for p in problems for _ in range(g)]
         rewards = torch.tensor([r.reward for r in verify_sum([c.text for c in flat], golds)], dtype=torch.float64)
         adv = group_advantages(rewards, g, cfg.advantage).float()
         kept = gradient_filter_mask(adv, cfg.filter.tau)
-        prompt_ids = [p for p in engine.encode_prompts([p.prompt for p in problems]) for _ in range(g)]
+        prompt_ids = [p for p in ids for _ in range(g)]
         batch = pack(prompt_ids, [c.token_ids for c in flat], tok.pad_token_id, [c.logprobs for c in flat])
         policy_update(model, optimizer, batch, adv, kept, cfg, max_completion_len=cfg.sampling.max_new_tokens)
         if (step + 1) % eval_every == 0:

@@ -97,10 +97,6 @@ def print_table(columns: list[str], rows: list[tuple]) -> None:
 
 def cmd_run(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
-    if config.model is not None:
-        from rlcadence.models.source import resolve_model_dir
-
-        resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
     preflight_environments(config)
     config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     from rlcadence.flows.rl import rl
@@ -111,17 +107,12 @@ def cmd_run(args) -> int:
 
 
 def preflight_environments(config: RLConfig) -> None:
-    """Before the flow starts: read every dataset file (a missing file or, in fail mode, bad rows stop here)
-    and find every reward-model and judge directory (a missing one stops here, named)."""
-    from rlcadence.environments.datasets import load_prompts
-    from rlcadence.models.source import resolve_model_dir
+    """Before the flow starts: check the seed model directory (missing, unknown architecture, no EOS), then
+    read and encode every dataset file with its tokenizer (a missing file, or in fail mode bad or over-long
+    rows, stop here) and find every reward-model and judge directory (a missing one stops here, named)."""
+    from rlcadence.preflight import check_environments, seed_model_dir
 
-    for env in config.environments:
-        if env.source is not None:
-            load_prompts(env.source.model_copy(update={"environment": env.name}))
-        for model in (env.reward_model, env.judge.model if env.judge else None):
-            if model is not None:
-                resolve_model_dir(model)
+    check_environments(config, seed_model_dir(config))
 
 
 def print_summary(summary: dict) -> None:

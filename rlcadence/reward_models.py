@@ -140,7 +140,9 @@ class JudgeScorer:
         asks = [
             self.template.format(prompt=p, completion=c) for p, c in zip(prompts, completions, strict=True)
         ]
-        answers = self.engine.generate(asks, 1, self.sampling)
+        from rlcadence.prompts import encode_prompts
+
+        answers = self.engine.generate(encode_prompts(self.engine.tokenizer, asks), 1, self.sampling)
         return [self.parse(group[0].text) for group in answers]
 
 

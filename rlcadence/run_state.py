@@ -30,6 +30,7 @@ from rlcadence.config import RLConfig, is_due
 from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.hf import TransformersEngine
 from rlcadence.environments.mix import Environment, open_environments
+from rlcadence.preflight import default_max_prompt_tokens
 from rlcadence.storage.checkpoints import (
     FULL,
     WEIGHTS,
@@ -318,5 +319,6 @@ class RunState:
         if self._environments is None:
             cfg, arith = self.config, self.config.bootstrap.environment
             self._environments = open_environments(cfg.environments, cfg.seed, arith.split_seed, arith.digits,
-                                                   arith.n_heldout, tokenizer, device=str(self.device))
+                                                   arith.n_heldout, tokenizer, default_max_prompt_tokens(cfg),
+                                                   device=str(self.device))
         return self._environments

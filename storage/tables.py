@@ -32,6 +32,7 @@ ROLLOUT_SCHEMA = pa.schema(
         ("prompt_id", pa.string()),
         ("sample_index", pa.int32()),
         ("prompt", pa.string()),
+        ("prompt_token_ids", pa.list_(pa.int32())),  # the prompt as the engine saw it (chat template, BOS)
         ("gold", pa.string()),
         ("completion", pa.string()),
         ("completion_tokens", pa.int32()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rlcadence.engines.hf import engine_from_model
 from rlcadence.environments.mix import Environment
 from rlcadence.evaluation import heldout_accuracy
+from rlcadence.prompts import encode_prompts
 from rlcadence.run_state import RunState
 from rlcadence.tasks.stage import stage
 
@@ -26,7 +27,8 @@ def evaluate(run: RunState, policy_step: int) -> dict[str, float]:
         if not heldout:
             continue
         scorer = _as_verifier(env, [p.prompt for p in heldout])
-        m = heldout_accuracy(engine, [p.prompt for p in heldout], [p.gold for p in heldout], scorer, cfg.eval_sampling)
+        ids = encode_prompts(policy.tokenizer, [p.prompt for p in heldout], [p.chat for p in heldout])
+        m = heldout_accuracy(engine, ids, [p.gold for p in heldout], scorer, cfg.eval_sampling)
         if i == 0:
             out |= m  # the first environment's figures are the run's headline eval/accuracy
         if len(cfg.environments) > 1:

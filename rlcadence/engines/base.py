@@ -30,13 +30,16 @@ class Completion:
     text: str
     token_ids: list[int]  # completion tokens, EOS included when it was produced
     logprobs: list[float]  # generator's log p(token) at T=1 for each token of token_ids
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (an EOS id or a stop string) or "length"
 
 
 class Engine(Protocol):
-    """``generate`` returns, for each prompt, ``n`` completions in order."""
+    """``generate`` takes prompts as token ids (encoded once, by :mod:`rlcadence.prompts`, so no engine
+    re-tokenises) and returns, for each prompt, ``n`` completions in order."""
 
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]: ...
+    tokenizer: object  # decodes completions and encodes the prompts given to generate
+
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]: ...
 
     def load_weights(self, model_dir: Path, version: int) -> None:
         """Replace the generator's weights with those saved in ``model_dir`` (policy version ``version``)."""

@@ -7,10 +7,11 @@ which is what makes a resumed step identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
 from rlcadence.engines.base import Completion, SamplingParams
@@ -40,26 +41,49 @@ class TransformersEngine:
         self.model.load_state_dict(state)
         self._version = version
 
-    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        return [bos + self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    def stop_token_ids(self) -> set[int]:
+        """The tokenizer's EOS plus every eos id of the model's generation config (Qwen: <|im_end|> and
+        <|endoftext|>; Llama 3: <|end_of_text|> and <|eot_id|>)."""
+        ids = {self.tokenizer.eos_token_id}
+        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids |= set(gen_eos) if isinstance(gen_eos, list | tuple) else {gen_eos}
+        return {int(i) for i in ids if i is not None}
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        ids = [p for p in self.encode_prompts(prompts) for _ in range(n)]  # prompt i repeated n times
-        tokens, logprobs, finished_by_eos = self._sample(ids, sampling)
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        if prompt_ids and not isinstance(prompt_ids[0], list | tuple):
+            raise TypeError("generate takes prompt token ids (list[list[int]]); encode text with rlcadence.prompts")
+        ids = [list(p) for p in prompt_ids for _ in range(n)]  # prompt i repeated n times
+        tokens, logprobs, reasons, texts = self._sample(ids, sampling)
         out: list[list[Completion]] = []
-        for i in range(len(prompts)):
-            group = []
-            for j in range(i * n, (i + 1) * n):
-                text = self.tokenizer.decode(tokens[j], skip_special_tokens=True)
-                reason = "stop" if finished_by_eos[j] else "length"
-                group.append(Completion(text=text, token_ids=tokens[j], logprobs=logprobs[j], finish_reason=reason))
-            out.append(group)
+        for i in range(len(prompt_ids)):
+            out.append([Completion(text=texts[j], token_ids=tokens[j], logprobs=logprobs[j], finish_reason=reasons[j])
+                        for j in range(i * n, (i + 1) * n)])
         return out
 
+    def _cache_kwarg(self) -> str:
+        """transformers >= 5.2x names the KV cache argument ``cache`` (``past_key_values`` warns, then goes);
+        older versions (5.17 on the GPU machine) only know ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _stop_string_end(self, ids: list[int], stops: list[str]) -> int | None:
+        """Where the earliest stop string starts in the decoded completion, or None."""
+        text = self._decode(ids)
+        found = [i for i in (text.find(s) for s in stops) if i >= 0]
+        return min(found) if found else None
+
     def _sample(self, prompt_ids: list[list[int]], sp: SamplingParams):
-        eos, pad = self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        """Sample until a stop id, a stop string or ``max_new_tokens``.
+
+        Returns per row: tokens (the stopping token included), their logprobs, the finish reason and the
+        text (special tokens skipped; cut before a stop string, as vLLM and the OpenAI API do).
+        """
+        stop_ids = self.stop_token_ids()
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else min(stop_ids)  # Llama 3 has no pad token; padded positions are masked
         b, width = len(prompt_ids), max(len(p) for p in prompt_ids)
         input_ids = torch.full((b, width), pad, dtype=torch.long)  # [B, P] left-padded
         attn = torch.zeros((b, width), dtype=torch.long)
@@ -71,13 +95,15 @@ class TransformersEngine:
         done = torch.zeros(b, dtype=torch.bool)
         tokens: list[list[int]] = [[] for _ in range(b)]
         logps: list[list[float]] = [[] for _ in range(b)]
-        past, cur_ids = None, input_ids
+        cut: list[int | None] = [None] * b  # text offset of the stop string that ended the row
+        stop_tensor = torch.tensor(sorted(stop_ids))
+        kv = {self._cache_kwarg(): DynamicCache(config=self.model.config)}  # filled in place, step by step
+        if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
+            kv["logits_to_keep"] = 1  # the prefill's LM head on the last position only: [B, 1, V], not [B, P, V]
+        cur_ids = input_ids
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
         for _ in range(sp.max_new_tokens):
-            out = self.model(
-                input_ids=cur_ids, attention_mask=attn, position_ids=position_ids, past_key_values=past, use_cache=True
-            )
-            past = out.past_key_values
+            out = self.model(input_ids=cur_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kv)
             logits = out.logits[:, -1, :].float().cpu()  # [B, V]
             logp_full = torch.log_softmax(logits, dim=-1)
             nxt = self._pick(logits, sp, gen)  # [B]
@@ -86,13 +112,18 @@ class TransformersEngine:
                 if not done[r]:
                     tokens[r].append(int(nxt[r]))
                     logps[r].append(float(chosen_logp[r]))
-            done |= nxt == eos
+                    if sp.stop and int(nxt[r]) not in stop_ids:
+                        cut[r] = self._stop_string_end(tokens[r], sp.stop)
+            by_string = torch.tensor([c is not None for c in cut])
+            done |= torch.isin(nxt, stop_tensor) | by_string
             if bool(done.all()):
                 break
             cur_ids = nxt.where(~done, torch.tensor(pad))[:, None].to(self.device)
             attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=self.device)], dim=1)
             position_ids = position_ids[:, -1:] + 1
-        return tokens, logps, [bool(x) for x in done]
+        reasons = ["stop" if bool(d) else "length" for d in done]
+        texts = [self._decode(t) if c is None else self._decode(t)[:c] for t, c in zip(tokens, cut, strict=True)]
+        return tokens, logps, reasons, texts
 
     @staticmethod
     def _pick(logits: torch.Tensor, sp: SamplingParams, gen: torch.Generator) -> torch.Tensor:

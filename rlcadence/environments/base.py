@@ -11,3 +11,4 @@ class PromptRow:
     environment: str
     prompt: str
     gold: str | None
+    chat: bool = False  # prompt is already chat-formatted: encode it as is (see rlcadence.prompts)

@@ -28,6 +28,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rlcadence.environments.base import PromptRow
+from rlcadence.prompts import encode_prompts, format_chat, has_chat_template
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +85,14 @@ class PromptSource(BaseModel):
         True,
         description="Wrap the rendered prompt as a user turn with the tokenizer's chat template, if it has one.",
     )
+    system_prompt: str | None = Field(
+        None, description="System turn before the user turn (needs a tokenizer with a chat template)."
+    )
     max_prompt_tokens: int | None = Field(
         None,
         ge=1,
-        description="Longer rendered prompts are malformed rows (checked only when a tokenizer is given).",
+        description="Longer prompts (token ids as the engine sees them: chat markup and BOS included) are "
+        "malformed rows. None: the model's max_position_embeddings - sampling.max_new_tokens.",
     )
     on_bad_row: Literal["fail", "skip"] = Field(
         "fail", description="fail: raise listing bad rows; skip: drop them."
@@ -132,17 +137,22 @@ class LoadedPrompts:
     rejected: list[RejectedRow] = field(default_factory=list)
 
 
-def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
-    """Read, check and render every prompt of ``source`` (in file order)."""
+def load_prompts(source: PromptSource, tokenizer: Any = None, default_max_prompt_tokens: int | None = None) -> LoadedPrompts:
+    """Read, check and render every prompt of ``source`` (in file order).
+
+    Lengths are checked only with a tokenizer, against ``source.max_prompt_tokens`` or, when that is None,
+    ``default_max_prompt_tokens`` (the model's context minus the completion budget).
+    """
     path = Path(source.path).expanduser()
     if not path.exists():
         raise DatasetError(f"dataset path {str(path)!r} does not exist")
     records, row_label = _read(path, source)
     file = str(path)
     template = source.resolved_template()
-    chat = bool(
-        source.use_chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None)
-    )
+    chat = bool(source.use_chat_template and tokenizer is not None and has_chat_template(tokenizer))
+    if source.system_prompt is not None and tokenizer is not None and not chat:
+        raise DatasetError(f"environment {source.environment!r}: system_prompt is set but prompts are not "
+                           "chat-formatted (use_chat_template is false or the model's tokenizer has no chat template)")
 
     rejected: list[RejectedRow] = []
     # (row, raw prompt, rendered prompt, gold, id or None, raw JSON) of the rows that passed so far
@@ -161,19 +171,19 @@ def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
         prompt = record[source.prompt_column]
         rendered = template.format(prompt=prompt)
         if chat:
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": rendered}], tokenize=False, add_generation_prompt=True
-            )
+            rendered = format_chat(tokenizer, rendered, source.system_prompt)
         gold = record[source.gold_column] if source.gold_column else None
         pid = str(record[source.id_column]) if source.id_column else None
         candidates.append((row, prompt, rendered, gold, pid, raw))
 
-    if source.max_prompt_tokens is not None and tokenizer is not None:
-        lengths = _token_counts(tokenizer, [c[2] for c in candidates])
+    limit = source.max_prompt_tokens if source.max_prompt_tokens is not None else default_max_prompt_tokens
+    if limit is not None and tokenizer is not None:
+        lengths = [len(ids) for ids in encode_prompts(tokenizer, [c[2] for c in candidates], chat)]
+        how = "" if source.max_prompt_tokens is not None else " (the default: model max_position_embeddings - sampling.max_new_tokens)"
         kept = []
         for c, n in zip(candidates, lengths, strict=True):
-            if n > source.max_prompt_tokens:
-                reason = f"prompt has {n} tokens > max_prompt_tokens={source.max_prompt_tokens}"
+            if n > limit:
+                reason = f"prompt has {n} tokens > max_prompt_tokens={limit}{how}"
                 rejected.append(RejectedRow(file, c[0], reason, c[5][:MAX_RAW_CHARS]))
             else:
                 kept.append(c)
@@ -181,12 +191,12 @@ def load_prompts(source: PromptSource, tokenizer: Any = None) -> LoadedPrompts:
         rejected.sort(key=lambda r: r.row)
 
     if rejected and source.on_bad_row == "fail":
-        raise DatasetError(_describe(file, rejected, row_label))
+        raise DatasetError(f"environment {source.environment!r}: " + _describe(file, rejected, row_label))
     if not candidates:
-        raise DatasetError(f"{file}: no usable rows ({len(rejected)} rejected)")
+        raise DatasetError(f"environment {source.environment!r}: {file}: no usable rows ({len(rejected)} rejected)")
     if rejected:
         log.warning("%s: skipped %d malformed rows (see the rejected table)", file, len(rejected))
-    return LoadedPrompts(rows=_with_ids(source.environment, candidates), rejected=rejected)
+    return LoadedPrompts(rows=_with_ids(source.environment, candidates, chat), rejected=rejected)
 
 
 def rejected_to_arrow(rejected: list[RejectedRow], run_id: str) -> pa.Table:
@@ -301,16 +311,7 @@ def _check(record: Any, source: PromptSource) -> str | None:
     return None
 
 
-def _token_counts(tokenizer: Any, texts: list[str], chunk: int = 512) -> list[int]:
-    """Tokens per rendered prompt, without special tokens (the engine adds BOS itself)."""
-    counts: list[int] = []
-    for i in range(0, len(texts), chunk):
-        ids = tokenizer(texts[i : i + chunk], add_special_tokens=False)["input_ids"]
-        counts += [len(x) for x in ids]
-    return counts
-
-
-def _with_ids(environment: str, candidates: list) -> list[PromptRow]:
+def _with_ids(environment: str, candidates: list, chat: bool) -> list[PromptRow]:
     rows, seen = [], {}
     for _, prompt, rendered, gold, pid, _ in candidates:
         if pid is None:
@@ -318,7 +319,7 @@ def _with_ids(environment: str, candidates: list) -> list[PromptRow]:
             k = seen.get(base, 0)
             seen[base] = k + 1
             pid = base if k == 0 else f"{base}-{k}"
-        rows.append(PromptRow(prompt_id=pid, environment=environment, prompt=rendered, gold=gold))
+        rows.append(PromptRow(prompt_id=pid, environment=environment, prompt=rendered, gold=gold, chat=chat))
     return rows
 
 

@@ -172,14 +172,17 @@ def _judge_scorer(spec: JudgeSpec, device: str):
 
 
 def open_environments(specs: list[EnvironmentSpec], seed: int, split_seed: int, digits: int, n_heldout: int,
-               tokenizer=None, device: str = "cpu") -> list[Environment]:
-    """Load every environment; dataset files are validated here (fail or skip-and-record, per source)."""
+               tokenizer=None, max_prompt_tokens: int | None = None, device: str = "cpu") -> list[Environment]:
+    """Load every environment; dataset files are validated here (fail or skip-and-record, per source).
+
+    ``max_prompt_tokens``: the length limit of sources that set none (the model's context minus the
+    completion budget, :func:`rlcadence.preflight.default_max_prompt_tokens`)."""
     live = []
     for spec in specs:
         env = Environment(spec, _split_seed=split_seed, _digits=digits, _n_heldout=n_heldout, _device=device)
         if spec.kind == "dataset":
             assert spec.source is not None
-            loaded = load_prompts(spec.source.model_copy(update={"environment": spec.name}), tokenizer)
+            loaded = load_prompts(spec.source.model_copy(update={"environment": spec.name}), tokenizer, max_prompt_tokens)
             rows = list(loaded.rows)
             random.Random(seed).shuffle(rows)
             env.train_rows, env.rejected = rows, list(loaded.rejected)

@@ -20,6 +20,7 @@ from rlcadence.engines.hf import engine_from_model
 from rlcadence.environments.arithmetic import TrainStream, make_splits, verify_sum
 from rlcadence.evaluation import heldout_accuracy
 from rlcadence.models.tiny import build_model, build_tokenizer, save_model
+from rlcadence.prompts import encode_prompts
 from rlcadence.trainer.update import build_optimizer, pack, sft_update
 
 
@@ -31,8 +32,7 @@ def bootstrap_key(cfg: BootstrapConfig) -> str:
 
 def sft_batches(stream: TrainStream, tokenizer, start: int, size: int):
     problems = stream.batch(start, size)
-    bos = [tokenizer.bos_token_id]
-    prompts = [bos + tokenizer(p.prompt, add_special_tokens=False)["input_ids"] for p in problems]
+    prompts = encode_prompts(tokenizer, [p.prompt for p in problems])
     answers = [tokenizer(p.gold, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for p in problems]
     return pack(prompts, answers, tokenizer.pad_token_id)
 
@@ -47,7 +47,7 @@ def bootstrap_lr(step: int, end: int, cfg: BootstrapConfig) -> float:
 
 def _greedy_accuracy(model, tokenizer, problems, digits: int) -> float:
     engine = engine_from_model(model.eval(), tokenizer, 0)
-    acc = heldout_accuracy(engine, [p.prompt for p in problems], [p.gold for p in problems], verify_sum,
+    acc = heldout_accuracy(engine, encode_prompts(tokenizer, [p.prompt for p in problems]), [p.gold for p in problems], verify_sum,
                            SamplingParams(temperature=0.0, max_new_tokens=digits + 2))
     model.train()
     return acc["eval/accuracy"]

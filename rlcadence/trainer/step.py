@@ -49,7 +49,7 @@ def update(run: RunState, policy: Policy, step: int) -> dict[str, float]:
     cfg = run.config
     rows = tables.read_step_table(run.loc, "rollouts", run.run_id, step).to_pylist()
     tok = policy.tokenizer
-    prompt_ids = [[tok.bos_token_id] + tok(r["prompt"], add_special_tokens=False)["input_ids"] for r in rows]
+    prompt_ids = [r["prompt_token_ids"] for r in rows]  # as generated: never re-tokenised
     completion_ids = [r["token_ids"] for r in rows]
     ref = run.reference_at(policy.state.ref_version) if needs_reference(cfg) else None
     try:

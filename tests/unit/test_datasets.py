@@ -54,7 +54,7 @@ def test_fail_mode_names_file_and_lines(messy_jsonl):
         "line 4: missing field 'gold'",
         "line 5: field 'prompt' is int, not a string",
         "line 6: empty prompt",
-        "line 8: prompt has 200 tokens > max_prompt_tokens=40",
+        "line 8: prompt has 201 tokens > max_prompt_tokens=40",  # BOS + 200 characters: what the engine sees
         "line 9: not a JSON object (got list)",
     ]:
         assert expected in msg

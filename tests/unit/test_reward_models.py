@@ -6,6 +6,7 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from rlcadence.engines.base import Completion, Engine, SamplingParams
 from rlcadence.models.tiny import build_tokenizer
+from rlcadence.prompts import encode_prompt
 from rlcadence.reward_models import JudgeScorer, SequenceClassifierScorer, normalize_rewards
 
 PROMPTS = ["Say hi.", "Count to three.", "Name a colour.", "2+2=", "Why?"]
@@ -78,12 +79,13 @@ class FixedTextJudgeEngine:
 
     def __init__(self, texts: list[str]):
         self.texts, self.calls = texts, []
+        self.tokenizer = build_tokenizer()
 
-    def generate(self, prompts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        self.calls.append((prompts, n, sampling))
+    def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        self.calls.append((prompt_ids, n, sampling))
         return [
             [Completion(text=t, token_ids=[], logprobs=[], finish_reason="stop")]
-            for t in self.texts[: len(prompts)]
+            for t in self.texts[: len(prompt_ids)]
         ]
 
     def load_weights(self, model_dir: Path, version: int) -> None:
@@ -111,7 +113,8 @@ def test_judge_parses_scores_and_never_raises():
     assert results[2].detail == "unparseable: I refuse to rate this response at all, it is a ver"
     assert results[3].detail == "out_of_range: 11"
     prompts, n, sampling = engine.calls[0]
-    assert prompts[0] == "Q: p1\nA: c1\nScore:" and n == 1 and sampling.temperature == 0.0
+    assert prompts[0] == encode_prompt(engine.tokenizer, "Q: p1\nA: c1\nScore:") and n == 1  # token ids, raw text
+    assert sampling.temperature == 0.0
 
 
 def test_judge_custom_regex_and_template_check():

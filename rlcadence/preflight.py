@@ -1,0 +1,76 @@
+"""Checks of a run's inputs that need the model's tokenizer, done before any run row, checkpoint or
+Prefect task exists: the model directory itself and every dataset's rows, lengths included."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from rlcadence.config import RLConfig
+
+
+def seed_model_dir(config: RLConfig) -> Path | None:
+    """The checked seed model directory; None for the embedded bootstrap model (built by the flow)."""
+    from rlcadence.models.source import check_model_dir, resolve_model_dir
+
+    return None if config.model is None else check_model_dir(resolve_model_dir(config.model))
+
+
+def max_positions(model_dir: Path) -> int | None:
+    """The model's context length from its config.json (None when it declares none)."""
+    meta = json.loads((Path(model_dir) / "config.json").read_text())
+    for cfg in (meta, meta.get("text_config") or {}):
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            if isinstance(cfg.get(key), int):
+                return cfg[key]
+    return None
+
+
+def default_max_prompt_tokens(config: RLConfig, model_dir: Path | None = None) -> int | None:
+    """The longest prompt that leaves room for ``sampling.max_new_tokens``: max_position_embeddings - that."""
+    if config.model is None:
+        positions = config.bootstrap.model.max_position_embeddings
+    else:
+        from rlcadence.models.source import resolve_model_dir
+
+        positions = max_positions(model_dir if model_dir is not None else resolve_model_dir(config.model))
+    if positions is None:
+        return None
+    limit = positions - config.sampling.max_new_tokens
+    if limit < 1:
+        from rlcadence.environments.datasets import DatasetError
+
+        raise DatasetError(f"sampling.max_new_tokens={config.sampling.max_new_tokens} leaves no room for a prompt "
+                         f"in the model's max_position_embeddings={positions}")
+    return limit
+
+
+def seed_tokenizer(config: RLConfig, model_dir: Path | None) -> Any:
+    """The tokenizer the run's prompts are encoded with (the bootstrap model's is built, not loaded)."""
+    if model_dir is None:
+        from rlcadence.models.tiny import build_tokenizer
+
+        return build_tokenizer()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def check_environments(config: RLConfig, model_dir: Path | None = None) -> None:
+    """Read and encode every dataset with the model's tokenizer: a bad or over-long row in fail mode, a file
+    left with no usable row, or a missing reward-model/judge directory stops here, named."""
+    from rlcadence.environments.datasets import load_prompts
+    from rlcadence.models.source import check_model_dir, resolve_model_dir
+
+    sources = [e for e in config.environments if e.source is not None]
+    if sources:
+        tokenizer = seed_tokenizer(config, model_dir)
+        limit = default_max_prompt_tokens(config, model_dir)
+        for env in sources:
+            load_prompts(env.source.model_copy(update={"environment": env.name}), tokenizer, limit)
+    for env in config.environments:
+        if env.reward_model is not None:
+            resolve_model_dir(env.reward_model)
+        if env.judge is not None:
+            check_model_dir(resolve_model_dir(env.judge.model))  # the judge generates: it needs an EOS
