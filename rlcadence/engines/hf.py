@@ -90,38 +90,50 @@ class TransformersEngine:
         for r, p in enumerate(prompt_ids):
             input_ids[r, width - len(p) :] = torch.tensor(p)
             attn[r, width - len(p) :] = 1
-        input_ids, attn = input_ids.to(self.device), attn.to(self.device)
-        gen = torch.Generator(device="cpu").manual_seed(sp.seed)
-        done = torch.zeros(b, dtype=torch.bool)
-        tokens: list[list[int]] = [[] for _ in range(b)]
-        logps: list[list[float]] = [[] for _ in range(b)]
+        dev = torch.device(self.device)
+        input_ids, attn = input_ids.to(dev), attn.to(dev)
+        gen = torch.Generator(device=dev).manual_seed(sp.seed)  # on the CPU: the same stream as ever
+        # Tokens and log-probs stay on the device in [B, max_new] buffers: one host copy at the end, not
+        # one per token and row. Only stop strings need the host, one [B] copy per token, and only if set.
+        tok_buf = torch.full((b, sp.max_new_tokens), pad, dtype=torch.long, device=dev)
+        lp_buf = torch.zeros((b, sp.max_new_tokens), dtype=torch.float32, device=dev)
+        n_new = torch.zeros(b, dtype=torch.long, device=dev)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        host_tokens: list[list[int]] = [[] for _ in range(b)]
         cut: list[int | None] = [None] * b  # text offset of the stop string that ended the row
-        stop_tensor = torch.tensor(sorted(stop_ids))
+        stop_tensor = torch.tensor(sorted(stop_ids), device=dev)
         kv = {self._cache_kwarg(): DynamicCache(config=self.model.config)}  # filled in place, step by step
         if "logits_to_keep" in inspect.signature(self.model.forward).parameters:
             kv["logits_to_keep"] = 1  # the prefill's LM head on the last position only: [B, 1, V], not [B, P, V]
         cur_ids = input_ids
         position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-        for _ in range(sp.max_new_tokens):
+        for t in range(sp.max_new_tokens):
             out = self.model(input_ids=cur_ids, attention_mask=attn, position_ids=position_ids, use_cache=True, **kv)
-            logits = out.logits[:, -1, :].float().cpu()  # [B, V]
-            logp_full = torch.log_softmax(logits, dim=-1)
+            logits = out.logits[:, -1, :].float()  # [B, V], on the device
             nxt = self._pick(logits, sp, gen)  # [B]
-            chosen_logp = logp_full.gather(1, nxt[:, None]).squeeze(1)
-            for r in range(b):
-                if not done[r]:
-                    tokens[r].append(int(nxt[r]))
-                    logps[r].append(float(chosen_logp[r]))
-                    if sp.stop and int(nxt[r]) not in stop_ids:
-                        cut[r] = self._stop_string_end(tokens[r], sp.stop)
-            by_string = torch.tensor([c is not None for c in cut])
-            done |= torch.isin(nxt, stop_tensor) | by_string
+            alive = ~done
+            tok_buf[:, t] = nxt.where(alive, tok_buf[:, t])
+            lp_buf[:, t] = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None]).squeeze(1)
+            n_new += alive.long()
+            finished = torch.isin(nxt, stop_tensor)
+            if sp.stop:
+                for r, (tok, live) in enumerate(zip(nxt.tolist(), alive.tolist(), strict=True)):
+                    if live:
+                        host_tokens[r].append(tok)
+                        if tok not in stop_ids:
+                            cut[r] = self._stop_string_end(host_tokens[r], sp.stop)
+                finished |= torch.tensor([c is not None for c in cut], device=dev)
+            done |= alive & finished
             if bool(done.all()):
                 break
-            cur_ids = nxt.where(~done, torch.tensor(pad))[:, None].to(self.device)
-            attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=self.device)], dim=1)
+            cur_ids = nxt.where(~done, torch.tensor(pad, device=dev))[:, None]
+            attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=dev)], dim=1)
             position_ids = position_ids[:, -1:] + 1
-        reasons = ["stop" if bool(d) else "length" for d in done]
+        lengths = n_new.tolist()
+        tokens = [row[:n] for row, n in zip(tok_buf.tolist(), lengths, strict=True)]
+        logps = [row[:n] for row, n in zip(lp_buf.tolist(), lengths, strict=True)]
+        done = done.tolist()
+        reasons = ["stop" if d else "length" for d in done]
         texts = [self._decode(t) if c is None else self._decode(t)[:c] for t, c in zip(tokens, cut, strict=True)]
         return tokens, logps, reasons, texts
 
