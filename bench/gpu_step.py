@@ -26,13 +26,13 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM
 
 from rlcadence.config import RLConfig
 from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.base import SamplingParams
 from rlcadence.engines.hf import TransformersEngine
-from rlcadence.models.tiny import build_tokenizer
+from rlcadence.models.random_init import TinySize, architecture_config, build_tokenizer, qwen25_05b_config
 from rlcadence.objectives.advantages import group_advantages
 from rlcadence.objectives.config import AdvantageConfig
 from rlcadence.trainer.checkpoint import TrainerState, snapshot, write_snapshot
@@ -41,15 +41,12 @@ from rlcadence.trainer.update import build_optimizer, pack, policy_update
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}  # dense bf16 tensor-core peaks
 
 
-def qwen2_5_0_5b(small: bool) -> Qwen2Config:
-    """Qwen2.5-0.5B's architecture (config.json of the hub model), or a 2-layer 64-wide cut of it."""
+def model_config(small: bool, tokenizer):
+    """Qwen2.5-0.5B's architecture, or a 2-layer 64-wide Qwen2 with the same 151,936-token vocabulary."""
     if small:
-        return Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
-                           tie_word_embeddings=True)
-    return Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                       num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
-                       rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+        return architecture_config("qwen2", tokenizer, TinySize(hidden_size=64, num_layers=2, num_heads=4,
+                                                               num_kv_heads=2, intermediate_size=128))
+    return qwen25_05b_config()
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -88,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     cfg = RLConfig(prompts_per_step=m, group_size=args.group, device=args.device, max_tokens_per_micro_batch=micro,
                    sampling=SamplingParams(max_new_tokens=new, temperature=1.0, seed=0))
-    model = Qwen2ForCausalLM(qwen2_5_0_5b(small))
+    tokenizer = build_tokenizer("qwen2")  # the real vocabulary size; prompts are random ids below
+    model = AutoModelForCausalLM.from_config(model_config(small, tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
-    tokenizer = build_tokenizer()  # files for the checkpoint/engine only: prompts are random ids below
     with tempfile.TemporaryDirectory(prefix="rlc-gpu-step-") as tmp:
         model_dir = Path(tmp) / "model"
         model.save_pretrained(model_dir)
@@ -107,9 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
         rows_prompt = [p for p in prompt_ids for _ in range(args.group)]
         sync(device)
         t0 = time.perf_counter()
-        with torch.no_grad():
-            tokens, logps, _done = engine._sample(rows_prompt, cfg.sampling)
+        groups = engine.generate(prompt_ids, args.group, cfg.sampling)  # random weights: EOS is 1 in 151,936
         sync(device)
+        tokens = [c.token_ids for grp in groups for c in grp]
+        logps = [c.logprobs for grp in groups for c in grp]
         gen_s = time.perf_counter() - t0
         gen_tokens = sum(len(t) for t in tokens)
         del engine
