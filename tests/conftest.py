@@ -48,7 +48,7 @@ def prefect_server():
         stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
     )
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # seconds; ~10 s on an idle machine, minutes on a loaded one
     while True:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
