@@ -40,3 +40,10 @@ def encode_prompts(tokenizer: Any, texts: list[str], chat: bool | list[bool] = F
 def encode_prompt(tokenizer: Any, text: str, chat: bool = False) -> list[int]:
     """Token ids of one prompt: ``text`` is raw (``chat=False``) or already chat-formatted."""
     return encode_prompts(tokenizer, [text], chat)[0]
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    """The id padded positions hold: the tokenizer's pad, else its EOS (Llama 3 has no pad token; padded
+    positions are masked, so any id does, but it must be a real one)."""
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id

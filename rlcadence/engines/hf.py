@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 from transformers.utils import logging as hf_logging
 
 from rlcadence.engines.base import Completion, SamplingParams
+from rlcadence.prompts import pad_token_id
 
 hf_logging.disable_progress_bar()  # per-load bars would flood flow logs; one tiny model loads many times
 
@@ -82,8 +83,7 @@ class TransformersEngine:
         text (special tokens skipped; cut before a stop string, as vLLM and the OpenAI API do).
         """
         stop_ids = self.stop_token_ids()
-        pad = self.tokenizer.pad_token_id
-        pad = pad if pad is not None else min(stop_ids)  # Llama 3 has no pad token; padded positions are masked
+        pad = pad_token_id(self.tokenizer)  # Llama 3 has no pad token: its EOS (padded positions are masked)
         b, width = len(prompt_ids), max(len(p) for p in prompt_ids)
         input_ids = torch.full((b, width), pad, dtype=torch.long)  # [B, P] left-padded
         attn = torch.zeros((b, width), dtype=torch.long)

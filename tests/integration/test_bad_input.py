@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rlcadence.cli import main
+from tests.fixtures.random_models import random_models  # noqa: F401 - fixture
 
 
 @pytest.mark.parametrize(
@@ -47,3 +48,58 @@ def test_offline_is_a_valid_cadence():
     from rlcadence.config import RLConfig
 
     assert RLConfig(sync_every="offline").sync_every == "offline"
+
+
+# ---------------------------------------------------------------- model directories and over-long prompts
+
+
+def _copy_model(src, dst, file, **changes):
+    import json
+    import shutil
+
+    shutil.copytree(src, dst)
+    (dst / file).write_text(json.dumps(json.loads((dst / file).read_text()) | changes))
+    return dst
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_unknown_architecture_is_one_line_naming_the_path(tmp_path, capsys, random_models):  # noqa: F811
+    model = _copy_model(random_models["qwen2"], tmp_path / "mystery", "config.json", model_type="mystery_lm",
+                        architectures=["MysteryForCausalLM"])
+    rc = main(["run", "--store", str(tmp_path / "store"), "--set", f"model={model}"])
+    assert rc == 2
+    _one_line_error(capsys, str(model), "MysteryForCausalLM")
+    assert not (tmp_path / "store").exists()
+
+
+def test_tokenizer_without_eos_is_one_line_naming_the_path(tmp_path, capsys, random_models):  # noqa: F811
+    model = _copy_model(random_models["qwen2"], tmp_path / "no-eos", "tokenizer_config.json", eos_token=None)
+    rc = main(["run", "--store", str(tmp_path / "store"), "--set", f"model={model}"])
+    assert rc == 2
+    _one_line_error(capsys, str(model), "no EOS")
+    assert not (tmp_path / "store").exists()
+
+
+def test_over_long_prompt_fails_by_default_naming_environment_file_and_line(tmp_path, capsys, random_models):  # noqa: F811
+    import json
+
+    data = tmp_path / "long.jsonl"
+    rows = [{"prompt": "1+1=", "gold": "2"}, {"prompt": "x" * 200_000, "gold": "0"}, {"prompt": "2+2=", "gold": "4"}]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = [{"name": "sums", "kind": "dataset", "verifier": "exact_match", "source": {"path": str(data)}}]
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": str(random_models["qwen2"]), "store": str(tmp_path / "store"),
+                               "environments": env, "sampling": {"max_new_tokens": 6}}))
+    assert main(["run", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    # no max_prompt_tokens given: the model's 256 positions - 6 new tokens; the chat markup counts too
+    assert "environment 'sums'" in err and str(data) in err and "line 2: prompt has" in err, err
+    assert "max_prompt_tokens=250 (the default" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists(), "refused before the run row or checkpoint 0"
