@@ -15,6 +15,7 @@ import torch
 from rlcadence.config import RLConfig, is_due
 from rlcadence.environments.mix import Environment
 from rlcadence.objectives import PairSelection, select_pairs_scored, select_pairs_verifiable
+from rlcadence.prompts import pad_token_id
 from rlcadence.seeding import derive_seed
 from rlcadence.storage import tables
 from rlcadence.trainer.update import MicroBatching, dpo_update, pack, policy_update, sft_update
@@ -56,15 +57,15 @@ def update(run: RunState, policy: Policy, step: int) -> dict[str, float]:
         if cfg.algorithm == "sft":
             gold_ids = [tok(r["gold"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
                         for r in rows[:: cfg.group_size]]
-            batch = pack(prompt_ids[:: cfg.group_size], gold_ids, tok.pad_token_id)
+            batch = pack(prompt_ids[:: cfg.group_size], gold_ids, pad_token_id(tok))
             return sft_update(policy.model, policy.optimizer, batch, cfg.optimizer, MicroBatching.of(cfg))
         if cfg.algorithm == "dpo":
             pairs = dpo_pairs(run.environments(), rows, cfg.group_size, derive_seed(cfg.seed, step, "pairs"))
-            pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], tok.pad_token_id)  # noqa: E731
+            pick = lambda idx: pack([prompt_ids[i] for i in idx], [completion_ids[i] for i in idx], pad_token_id(tok))  # noqa: E731
             out = dpo_update(policy.model, policy.optimizer, pick(pairs.chosen), pick(pairs.rejected), ref, cfg)
             out["dpo/skipped_groups"] = float(pairs.skipped_groups)
             return out
-        batch = pack(prompt_ids, completion_ids, tok.pad_token_id, [r["token_logprobs"] for r in rows])
+        batch = pack(prompt_ids, completion_ids, pad_token_id(tok), [r["token_logprobs"] for r in rows])
         advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
         kept = torch.tensor([r["kept"] for r in rows], dtype=torch.bool)
         return policy_update(policy.model, policy.optimizer, batch, advantages, kept, cfg, ref,
