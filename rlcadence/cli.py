@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rlcadence.config import DEFAULT_STORE, RLConfig
 from rlcadence.environments.datasets import DatasetError
 from rlcadence.presets import PRESETS
+from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
 from rlcadence.storage.s3 import StoreError
 
 
@@ -147,11 +148,20 @@ def cmd_resume(args) -> int:
     return 0
 
 
-def cmd_sql(args) -> int:
-    from rlcadence.storage.query import query
+def open_existing_store(uri: str):
+    """The store at ``uri`` for reading; a local path that is not there is an error, never created."""
     from rlcadence.storage.stores import open_location
 
-    columns, rows = query(open_location(args.store), args.query)
+    if not uri.startswith("s3://") and not Path(uri).expanduser().is_dir():
+        raise FileNotFoundError(f"store {uri} does not exist (no directory there)")
+    return open_location(uri)
+
+
+def cmd_sql(args) -> int:
+    from rlcadence.storage.query import query
+
+    columns, rows = query(open_existing_store(args.store), args.query, timeout_s=args.timeout,
+                          memory_limit=args.memory_limit)
     if args.format == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
     elif args.format == "csv":
@@ -165,28 +175,39 @@ def cmd_sql(args) -> int:
     return 0
 
 
-RUNS_SQL = """
+def runs_sql(views: set[str], metric_columns: set[str], run_columns: set[str]) -> str:
+    """The ``runs`` listing for whatever columns this store has: a store whose runs never evaluated (dataset
+    environments) has no ``eval_accuracy`` column, an older one no ``error``; those show as NULL."""
+    def col(name: str, have: set[str], alias: str = "m") -> str:
+        return f"{alias}.{name}" if name in have else "NULL"
+
+    failure = ", ".join(f"{col(c, run_columns, 'r')} AS {c}" for c in ("failed_stage", "failed_step", "error"))
+    if "metrics" not in views:
+        return f"SELECT r.run_id, r.status, {failure}, r.updated_at FROM runs r ORDER BY r.updated_at DESC"
+    reward, acc = col("reward_mean", metric_columns), col("eval_accuracy", metric_columns)
+    return f"""
 SELECT r.run_id, r.status, max(m.step) AS last_step,
-       round(arg_max(m.reward_mean, m.step), 3) AS last_reward,
-       round(arg_max(m.eval_accuracy, CASE WHEN m.eval_accuracy IS NOT NULL THEN m.step END), 3) AS last_eval_acc,
-       r.updated_at
+       round(arg_max({reward}, m.step), 3) AS last_reward,
+       round(arg_max({acc}, CASE WHEN {acc} IS NOT NULL THEN m.step END), 3) AS last_eval_acc,
+       {failure}, r.updated_at
 FROM runs r LEFT JOIN metrics m USING (run_id)
-GROUP BY r.run_id, r.status, r.updated_at ORDER BY r.updated_at DESC
+GROUP BY ALL ORDER BY r.updated_at DESC
 """
 
 
 def cmd_runs(args) -> int:
-    from rlcadence.storage.query import connect
-    from rlcadence.storage.stores import open_location
+    from rlcadence.storage.query import connect, run_sql
 
-    con = connect(open_location(args.store))
-    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    con = connect(open_existing_store(args.store))
+    views = {r[0] for r in run_sql(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal")[1]}
     if "runs" not in views:
         print(f"no runs in {args.store}")
         return 0
-    sql = RUNS_SQL if "metrics" in views else "SELECT run_id, status, updated_at FROM runs ORDER BY updated_at DESC"
-    rel = con.sql(sql)
-    print_table(rel.columns, rel.fetchall())
+
+    def columns(view: str) -> set[str]:
+        return set(run_sql(con, f"SELECT * FROM {view} LIMIT 0")[0]) if view in views else set()
+
+    print_table(*run_sql(con, runs_sql(views, columns("metrics"), columns("runs"))))
     return 0
 
 
@@ -237,6 +258,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     q.add_argument("--store", default=DEFAULT_STORE)
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds before the query is stopped")
+    q.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="DuckDB memory limit, e.g. 2GB")
     q.set_defaults(fn=cmd_sql)
     ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
     ls.add_argument("--store", default=DEFAULT_STORE)
@@ -257,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
