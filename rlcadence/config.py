@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rlcadence.devices import DEVICE_PATTERN, check_device
 from rlcadence.engines.base import SamplingParams
@@ -16,26 +16,17 @@ from rlcadence.objectives.config import AdvantageConfig, DPOConfig, FilterConfig
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.s3 import S3Settings
 from rlcadence.storage.stores import open_location
+from rlcadence.strict import Strict as _StrictBase
 
 DEFAULT_STORE = ".rlcadence/store"
 
 Cadence = int | Literal["offline"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Strict(_StrictBase):
+    """Flow parameters: also re-validated on assignment (the Prefect UI and tests set fields)."""
 
-    RENAMED: ClassVar[dict[str, str]] = {}  # old key -> new key, so an old config fails saying what to write
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for old, new in cls.RENAMED.items():
-                if old in data:
-                    raise ValueError(f"`{old}` was renamed to `{new}` (an RL environment, not a Prefect task): "
-                                     f"write `{new}:` instead")
-        return data
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ArithmeticConfig(Strict):

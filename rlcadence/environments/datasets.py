@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from rlcadence.environments.base import PromptRow
+from rlcadence.strict import Strict
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,8 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message names the file (and bad rows)."""
 
 
-class PromptSource(BaseModel):
+class PromptSource(Strict):
     """Where an environment's prompts come from and how they become model inputs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str = Field(
         description="A local .jsonl or .parquet file, or a directory from Dataset.save_to_disk."

@@ -11,19 +11,18 @@ import random
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from rlcadence.environments.arithmetic import make_splits, verify_sum
 from rlcadence.environments.base import PromptRow
 from rlcadence.environments.datasets import PromptSource, RejectedRow, load_prompts
 from rlcadence.reward_models import DEFAULT_JUDGE_TEMPLATE, normalize_rewards
+from rlcadence.strict import Strict
 from rlcadence.verifiers.base import VerifierResult
 
 
-class JudgeSpec(BaseModel):
+class JudgeSpec(Strict):
     """An LLM as judge: a causal LM (local dir or cached hub id) asked to grade each completion greedily."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Judge model dir or hub id (loaded with AutoModelForCausalLM).")
     template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="str.format template with {prompt} and {completion}.")
@@ -32,11 +31,9 @@ class JudgeSpec(BaseModel):
     max_new_tokens: int = Field(16, ge=1)
 
 
-class EnvironmentSpec(BaseModel):
+class EnvironmentSpec(Strict):
     """One environment of the mix. ``kind`` picks the prompt source; rewards come from ``verifier`` (verifiable)
     or ``reward_model`` (non-verifiable), with built-in defaults for the embedded environments."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field("arithmetic", pattern=r"^[A-Za-z0-9_]+$", description="Stored in rollouts.environment; metric suffix.")
     kind: Literal["arithmetic", "toy_pref", "dataset"] = "arithmetic"

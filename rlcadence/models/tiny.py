@@ -10,15 +10,17 @@ import string
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlcadence.strict import Strict
 
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = list(string.printable[:95])  # digits, letters, punctuation, space
 
 
-class TinyModelConfig(BaseModel):
+class TinyModelConfig(Strict):
     """Shape of the embedded default model (a Llama; ~0.4M parameters with the defaults)."""
 
     hidden_size: int = Field(128, ge=16)
