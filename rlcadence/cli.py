@@ -49,16 +49,44 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def load_config_file(path: str) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"config file {p} does not exist")
-    text = p.read_text()
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
+class ConfigFileError(ValueError):
+    """A config file that cannot be read as a mapping; the message is one line naming file and position."""
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+
+def load_config_file(path: str) -> dict:
+    """The mapping in a YAML (.yaml/.yml) or JSON file; broken or non-mapping files fail with file:line:col."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigFileError(f"config file {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    data = _parse_yaml(p, text) if p.suffix in (".yaml", ".yml") else _parse_json(p, text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{p}: the top level must be a mapping of RLConfig fields, got {type(data).__name__}")
+    return data
+
+
+def _parse_yaml(p: Path, text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigFileError(f"{where}: invalid YAML: {problem}") from None
+
+
+def _parse_json(p: Path, text: str):
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as e:
+        raise ConfigFileError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
 
 
 def build_config(preset: str, config_file: str | None, sets: list[str], store: str | None, run_id: str | None) -> RLConfig:
@@ -280,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError, QueryError) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -58,15 +58,18 @@ def _dataset(loc: StoreLocation, table: str, files: list[str]) -> ds.Dataset:
     """One Arrow dataset over ``files`` with the union of their columns (files may differ, e.g. metrics)."""
     partitioning = ds.partitioning(PARTITIONS[table], flavor="hive")
     paths = [loc.path(f) for f in files]
+    schemas = [PARTITIONS[table]]
+    for f in files:  # one footer each (as DuckDB's union_by_name does); a corrupt file is named here
+        try:
+            schemas.append(ds.dataset(loc.path(f), format="parquet", filesystem=loc.fs).schema)
+        except (pa.ArrowException, OSError) as e:
+            raise QueryError(f"{loc.uri_of(f)}: not a readable Parquet file ({_first_line(str(e))})") from None
     try:
-        parts = ds.dataset(paths, format="parquet", filesystem=loc.fs, partitioning=partitioning,
-                           partition_base_dir=loc.path(table))
-        schemas = [parts.schema] + [frag.physical_schema for frag in parts.get_fragments()]
         schema = pa.unify_schemas(schemas, promote_options="permissive")
-        return ds.dataset(paths, schema=schema, format="parquet", filesystem=loc.fs,
-                          partitioning=partitioning, partition_base_dir=loc.path(table))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise QueryError(f"cannot read table {table} in store {loc.uri}: {_first_line(str(e))}") from None
+    except pa.ArrowException as e:
+        raise QueryError(f"table {table} in store {loc.uri}: files disagree on a column ({_first_line(str(e))})") from None
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=loc.fs,
+                      partitioning=partitioning, partition_base_dir=loc.path(table))
 
 
 def connect(loc: StoreLocation, *, memory_limit: str = DEFAULT_MEMORY_LIMIT,

@@ -248,13 +248,16 @@ def _require_columns(path: Path, available: list[str], source: PromptSource) -> 
 def _read_parquet(path: Path, source: PromptSource) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    columns = _require_columns(path, pf.schema_arrow.names, source)
-    index = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=columns):
-        for record in batch.to_pylist():
-            yield index, record, _to_json(record), None
-            index += 1
+    try:  # a corrupt or truncated file names itself, at open or mid-read
+        pf = pq.ParquetFile(path)
+        columns = _require_columns(path, pf.schema_arrow.names, source)
+        index = 0
+        for batch in pf.iter_batches(batch_size=4096, columns=columns):
+            for record in batch.to_pylist():
+                yield index, record, _to_json(record), None
+                index += 1
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({str(e).strip().splitlines()[0]})") from None
 
 
 def _read_saved(path: Path, source: PromptSource) -> Iterator[Record]:
