@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from rlcadence.config import DEFAULT_STORE, RLConfig
 from rlcadence.environments.datasets import DatasetError
 from rlcadence.presets import PRESETS
+from rlcadence.run_identity import RunIdentityError
 from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
 from rlcadence.storage.s3 import StoreError
 
@@ -131,12 +132,23 @@ def cmd_run(args) -> int:
 
         resolve_model_dir(config.model)  # a missing model fails here, naming the path, before any work
     preflight_environments(config)
-    config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
+    loc = config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
+    config = checked_identity(config, loc, args.force_new)
     from rlcadence.flows.rl import rl
 
     summary = rl(config)
     print_summary(summary)
     return 0
+
+
+def checked_identity(config: RLConfig, loc, force_new: bool) -> RLConfig:
+    """``--run-id X`` of an existing run: same parameters resume it, others are refused (see run_identity)."""
+    from rlcadence.run_identity import check_run_identity
+
+    checked = check_run_identity(config, loc, force_new)
+    if checked.run_id != config.run_id:
+        print(f"run {config.run_id!r} exists: --force-new starts run {checked.run_id!r}", file=sys.stderr)
+    return checked
 
 
 def preflight_environments(config: RLConfig) -> None:
@@ -273,7 +285,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an RL experiment (one flow run)")
     config_args(r)
-    r.add_argument("--run-id")
+    r.add_argument("--run-id", help="an existing id resumes that run when the parameters are the same")
+    r.add_argument("--force-new", action="store_true", help="if --run-id exists, start a new run under a fresh id")
     r.set_defaults(fn=cmd_run)
     b = sub.add_parser("bootstrap", help="build and SFT the embedded tiny model (cached in the store)")
     config_args(b)
@@ -308,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
