@@ -112,3 +112,14 @@ def test_cli_sql_on_a_missing_store_does_not_create_it(tmp_path, capsys):
     assert main(["sql", "SELECT 1", "--store", str(missing)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not missing.exists()
+
+
+def test_cli_runs_on_a_store_whose_runs_never_evaluated(tmp_path, capsys):
+    """Dataset-environment runs write no eval_accuracy column: `runs` still lists them (NULL there)."""
+    loc = open_location(str(tmp_path / "store"))
+    tables.write_run_status(loc, "ds", "completed", {})
+    tables.write_metrics(loc, "ds", 0, {"reward_mean": 0.25})
+    assert main(["runs", "--store", str(tmp_path / "store")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:5] == ["run_id", "status", "last_step", "last_reward", "last_eval_acc"]
+    assert lines[2].split()[:5] == ["ds", "completed", "0", "0.25", "None"]
