@@ -15,13 +15,16 @@ partitions (``run_id``, ``step``) before opening a file.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.tables import TABLES
+
+if TYPE_CHECKING:  # duckdb and pyarrow.dataset (which imports pandas) load on first use: the CLI starts fast
+    import duckdb
+    import pyarrow.dataset as ds
 
 DEFAULT_MEMORY_LIMIT = "2GB"
 DEFAULT_TIMEOUT_S = 60.0
@@ -56,6 +59,8 @@ def _locked_config(memory_limit: str, threads: int | None) -> dict:
 
 def _dataset(loc: StoreLocation, table: str, files: list[str]) -> ds.Dataset:
     """One Arrow dataset over ``files`` with the union of their columns (files may differ, e.g. metrics)."""
+    import pyarrow.dataset as ds
+
     partitioning = ds.partitioning(PARTITIONS[table], flavor="hive")
     paths = [loc.path(f) for f in files]
     schemas = [PARTITIONS[table]]
@@ -75,6 +80,8 @@ def _dataset(loc: StoreLocation, table: str, files: list[str]) -> ds.Dataset:
 def connect(loc: StoreLocation, *, memory_limit: str = DEFAULT_MEMORY_LIMIT,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """A locked, read-only DuckDB connection with one view per table that exists in the store."""
+    import duckdb
+
     try:
         con = duckdb.connect(config=_locked_config(memory_limit, threads))
     except duckdb.Error as e:
@@ -98,6 +105,8 @@ def connect(loc: StoreLocation, *, memory_limit: str = DEFAULT_MEMORY_LIMIT,
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, timeout_s: float = DEFAULT_TIMEOUT_S):
     """Run ``sql`` on ``con`` within ``timeout_s`` seconds: (column names, rows), or a one-line QueryError."""
+    import duckdb
+
     timer = threading.Timer(timeout_s, con.interrupt)
     timer.start()
     try:

@@ -86,3 +86,17 @@ def test_corrupt_parquet_in_the_store_names_the_file(tmp_path, capsys):
     bad.write_bytes(b"garbage")
     err = refusal(capsys, "sql", "SELECT 1", "--store", str(tmp_path / "store"))
     assert err.startswith(f"error: {bad}: not a readable Parquet file"), err
+
+
+def test_a_refusal_imports_neither_torch_nor_transformers_nor_prefect(tmp_path):
+    """Validation runs on pydantic alone: importing torch+transformers cost 8 s or more per refusal."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from rlcadence.cli import main; rc = main(['run', '--store', sys.argv[1], '--set', "
+            "'steps=true']); heavy = [m for m in ('torch', 'transformers', 'prefect', 'duckdb', 'boto3') "
+            "if m in sys.modules]; print(rc, heavy)")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stdout.strip() == "2 []", proc.stdout + proc.stderr
+    assert "steps: Value error, must be a number, not a boolean" in proc.stderr
