@@ -77,6 +77,18 @@ class PolicyLossConfig(_Strict):
         "k3",
         description="Schulman's per-token KL estimator (default k3: unbiased, always >= 0; used by GRPO and DASH).",
     )
+    kl_bias_correction: bool = Field(
+        False,
+        description="Multiply the per-token KL by the importance ratio pi/pi_old (DeepSeek-V3.2's unbiased KL, "
+        "TRL's use_bias_correction_kl): the KL estimate is then unbiased for pi when samples came from pi_old.",
+    )
+    clip_delta: float | None = Field(
+        None,
+        gt=1,
+        description="Two-sided clipping (INTELLECT-2, TRL's delta): the unclipped term's ratio is capped at delta, "
+        "so a negative advantage with a huge ratio cannot blow up the loss. None (default): one-sided PPO clip. "
+        "TRL recommends a value > 1 + clip_eps_high.",
+    )
 
 
 class FilterConfig(_Strict):
