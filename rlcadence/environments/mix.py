@@ -79,12 +79,26 @@ class Environment:
             results = self._get_scorer()(prompts, completions)
         elif self.spec.verifier is not None:
             results = self._get_scorer()(completions, [g or "" for g in golds])
+        elif self.spec.rewards is not None:
+            results = self._combined(completions, [g or "" for g in golds])
         else:
             results = self._get_scorer()(prompts, completions)
         if self.spec.reward_normalization != "none":
             scaled = normalize_rewards([r.reward for r in results], self.spec.reward_normalization)
             results = [VerifierResult(x, r.detail) for x, r in zip(scaled, results, strict=True)]
         return results
+
+    def _combined(self, completions: list[str], golds: list[str]) -> list[VerifierResult]:
+        """Every reward term's verifier, combined with weights (rlcadence.environments.rewards)."""
+        from rlcadence.environments.rewards import combine_rewards
+
+        terms = self.spec.rewards or []
+        per_term = [scorer(completions, golds) for scorer in self._get_scorer()]  # [K][N]
+        combined = combine_rewards([[r.reward for r in t] for t in per_term], [t.weight for t in terms],
+                                   self.spec.reward_combination)
+        details = ["; ".join(f"{t.verifier}={r.detail}" for t, r in zip(terms, row, strict=True))
+                   for row in zip(*per_term, strict=True)]
+        return [VerifierResult(x, d) for x, d in zip(combined, details, strict=True)]
 
     def _get_scorer(self):
         if self._scorer is None:
@@ -96,6 +110,10 @@ class Environment:
                 from rlcadence.verifiers.registry import get_verifier
 
                 self._scorer = get_verifier(self.spec.verifier)
+            elif self.spec.rewards is not None:
+                from rlcadence.verifiers.registry import get_verifier
+
+                self._scorer = [get_verifier(t.verifier) for t in self.spec.rewards]
             elif self.spec.judge is not None:
                 self._scorer = _judge_scorer(self.spec.judge)
             else:
@@ -105,9 +123,10 @@ class Environment:
         return self._scorer
 
     def close(self) -> None:
-        close = getattr(self._scorer, "close", None)
-        if callable(close):
-            close()
+        for scorer in self._scorer if isinstance(self._scorer, list) else [self._scorer]:
+            close = getattr(scorer, "close", None)
+            if callable(close):
+                close()
 
 
 def _judge_scorer(spec: JudgeSpec):

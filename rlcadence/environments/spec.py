@@ -25,6 +25,13 @@ class JudgeSpec(Strict):
     max_new_tokens: int = Field(16, ge=1)
 
 
+class RewardTerm(Strict):
+    """One reward function of an environment with several (TRL's reward_funcs / reward_weights)."""
+
+    verifier: str = Field(description="Registry name ('math', 'exact_match', 'numeric') or dotted path.")
+    weight: float = Field(1.0, description="Weight of this term in the combination (may be negative).")
+
+
 class EnvironmentSpec(Strict):
     """One environment of the mix. ``kind`` picks the prompt source; rewards come from ``verifier`` (verifiable)
     or ``reward_model`` (non-verifiable), with built-in defaults for the embedded environments."""
@@ -33,6 +40,11 @@ class EnvironmentSpec(Strict):
     kind: Literal["arithmetic", "toy_pref", "dataset"] = "arithmetic"
     source: PromptSource | None = Field(None, description="Prompts file (kind=dataset).")
     verifier: str | None = Field(None, description="Registry name ('math', 'exact_match', 'numeric') or dotted path.")
+    rewards: list[RewardTerm] | None = Field(
+        None, min_length=1, description="Several verifiers with weights, instead of `verifier` (kind=dataset).")
+    reward_combination: Literal["sum", "normalized_sum"] = Field(
+        "sum", description="How `rewards` combine: sum of w_k * r_k, or normalized_sum: each term z-scored over the "
+        "step's rows of this environment, then the weighted sum. A term's None (NaN) is left out of both.")
     reward_model: str | None = Field(None, description="AutoModelForSequenceClassification dir (non-verifiable).")
     judge: JudgeSpec | None = Field(None, description="LLM-as-judge scorer (non-verifiable); unparseable replies "
                                     "score 0 and are recorded in the rollout's verifier detail.")
@@ -44,15 +56,15 @@ class EnvironmentSpec(Strict):
         if self.kind == "dataset":
             if self.source is None:
                 raise ValueError(f"environment {self.name}: kind=dataset needs a source")
-            given = [k for k in ("verifier", "reward_model", "judge") if getattr(self, k) is not None]
+            given = [k for k in ("verifier", "rewards", "reward_model", "judge") if getattr(self, k) is not None]
             if len(given) != 1:
-                raise ValueError(f"environment {self.name}: give exactly one of verifier / reward_model / judge "
+                raise ValueError(f"environment {self.name}: give exactly one of verifier / rewards / reward_model / judge "
                                  f"(got {', '.join(given) or 'none'})")
-            if self.verifier is None and "gold_column" not in self.source.model_fields_set:
+            if self.verifier is None and self.rewards is None and "gold_column" not in self.source.model_fields_set:
                 # scored environments need no reference answer: don't require the default 'gold' column
                 self.source = self.source.model_copy(update={"gold_column": None})
         return self
 
     @property
     def verifiable(self) -> bool:
-        return self.kind == "arithmetic" or (self.kind == "dataset" and self.verifier is not None)
+        return self.kind == "arithmetic" or (self.kind == "dataset" and (self.verifier or self.rewards) is not None)
