@@ -68,7 +68,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rlc-bad-input-") as tmp:
         cases = setup(Path(tmp))
-        print("| bad input | exit | what the user sees (stderr, first line) | wall time, median of "
+        print("| bad input | exit | what the user sees (stderr; first line, or the first two for parameter errors) | wall time, median of "
               f"{args.reps} |\n|---|---:|---|---:|")
         for name, argv in cases.items():
             times, proc = [], None
@@ -77,7 +77,8 @@ def main() -> None:
                 proc = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=120)
                 times.append(time.perf_counter() - t0)
             lines = proc.stderr.strip().splitlines()
-            seen = (lines[0] if lines else "").replace(tmp, "<tmp>").replace("|", "\\|")
+            shown = " ".join(x.strip() for x in lines[:2]) if lines and lines[0].endswith(":") else (lines or [""])[0]
+            seen = shown.replace(tmp, "<tmp>").replace("|", "\\|")
             if len(seen) > 110:
                 seen = seen[:107] + "..."
             flag = "" if proc.returncode == 2 and len(lines) <= 1 + 5 else " (!)"
