@@ -1,7 +1,8 @@
 """How bad input is answered: each class of careless or hostile input, what the user sees, how long it takes.
 
 Runs the installed ``rlcadence`` command in a subprocess (Python start-up and imports included, as a user
-sees it) ``--reps`` times per case and prints a Markdown table with the median wall time. Every case must
+sees it) ``--reps`` times per case and prints a Markdown table with the median wall time and the median CPU
+time of the child (user + sys: what the wall time is on an idle machine; the load average is printed). Every case must
 exit 2 with one line on stderr; the script says so when one does not. Target: under 2 s each.
 
     .venv/bin/python bench/bad_input.py --reps 3
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -62,38 +65,45 @@ def setup(work: Path) -> dict[str, list[str]]:
     }
 
 
+def timed(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall seconds and CPU seconds (user + sys of the child) of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, proc
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rlc-bad-input-") as tmp:
         cases = setup(Path(tmp))
-        print("| bad input | exit | what the user sees (stderr; first line, or the first two for parameter errors) | wall time, median of "
-              f"{args.reps} |\n|---|---:|---|---:|")
+        print("| bad input | exit | what the user sees (stderr; first line, or the first two for parameter errors) | "
+              f"wall, median of {args.reps} | CPU (user+sys), median |\n|---|---:|---|---:|---:|")
         for name, argv in cases.items():
-            times, proc = [], None
+            times, cpus, proc = [], [], None
             for _ in range(args.reps):
-                t0 = time.perf_counter()
-                proc = subprocess.run([CLI, *argv], capture_output=True, text=True, timeout=120)
-                times.append(time.perf_counter() - t0)
+                wall, cpu, proc = timed([CLI, *argv])
+                times.append(wall)
+                cpus.append(cpu)
             lines = proc.stderr.strip().splitlines()
             shown = " ".join(x.strip() for x in lines[:2]) if lines and lines[0].endswith(":") else (lines or [""])[0]
             seen = shown.replace(tmp, "<tmp>").replace("|", "\\|")
             if len(seen) > 110:
                 seen = seen[:107] + "..."
             flag = "" if proc.returncode == 2 and len(lines) <= 1 + 5 else " (!)"
-            print(f"| {name} | {proc.returncode}{flag} | `{seen}` | {statistics.median(times):.2f} s |")
+            print(f"| {name} | {proc.returncode}{flag} | `{seen}` | {statistics.median(times):.2f} s | "
+                  f"{statistics.median(cpus):.2f} s |")
         for name, code in (("reference: `python -c pass`", "pass"),
                            ("reference: `import torch, transformers` (what a refusal used to pay)",
                             "import torch, transformers")):
-            times = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
-                times.append(time.perf_counter() - t0)
-            print(f"| {name} | | | {statistics.median(times):.2f} s |")
-        import os
-
+            runs = [timed([sys.executable, "-c", code]) for _ in range(args.reps)]
+            print(f"| {name} | | | {statistics.median(r[0] for r in runs):.2f} s | "
+                  f"{statistics.median(r[1] for r in runs):.2f} s |")
         print(f"\nload average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

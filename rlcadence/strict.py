@@ -46,5 +46,5 @@ class Strict(BaseModel):
         if isinstance(v, bool) and info.field_name in cls.model_fields:
             alternatives = _scalar_types(cls.model_fields[info.field_name].annotation)
             if bool not in alternatives and alternatives & {int, float}:
-                raise ValueError(f"must be a number, not a boolean (got {v})")
+                raise ValueError("must be a number, not a boolean")
         return v
