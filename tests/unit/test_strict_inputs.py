@@ -11,7 +11,7 @@ from rlcadence.config import RLConfig
 from rlcadence.storage.s3 import S3Settings
 from rlcadence.strict import _scalar_types
 
-REQUIRED = {"PromptSource": {"path": "x.jsonl"}, "JudgeSpec": {"model": "m"}}
+REQUIRED = {"PromptSource": {"path": "x.jsonl"}, "JudgeSpec": {"model": "m"}, "RewardTerm": {"verifier": "math"}}
 
 
 def models(root: type[BaseModel], seen: set | None = None) -> set[type[BaseModel]]:
