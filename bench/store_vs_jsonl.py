@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.query import connect
-from rlcadence.storage.s3 import S3Settings, open_s3_location
+from rlcadence.storage.s3 import S3Settings, configure_duckdb, open_s3_location
 from rlcadence.storage.seaweed import SeaweedServer
 from rlcadence.storage.stores import open_location
 from rlcadence.storage.tables import ROLLOUT_SCHEMA, write_step_table
@@ -218,6 +218,14 @@ def tune(con: duckdb.DuckDBPyConnection, threads: int, memory_limit: str) -> duc
     return con
 
 
+def json_connection(loc: StoreLocation, threads: int, memory_limit: str) -> duckdb.DuckDBPyConnection:
+    """A plain DuckDB connection for read_json (the store's own connection is locked: no file access)."""
+    con = duckdb.connect()
+    if not loc.is_local:
+        configure_duckdb(con, loc)
+    return tune(con, threads, memory_limit)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=100)
@@ -300,15 +308,16 @@ def run(
             client = server.client()
             size_pq = bytes_s3(client, "bench", "store/rollouts/")
             size_js = bytes_s3(client, "bench", "store/jsonl/")
-        con = tune(connect(loc), args.threads, args.memory_limit)
+        con = connect(loc, threads=args.threads, memory_limit=args.memory_limit)
+        con_js = json_connection(loc, args.threads, args.memory_limit)
         json_glob = loc.uri_of("jsonl", "*.jsonl")
         q_pq = timed_queries(con, "rollouts", args.reps)
         q_js = timed_queries(
-            con, f"read_json('{json_glob}', {JSON_OPTS}, columns = {JSON_COLUMNS})", args.reps
+            con_js, f"read_json('{json_glob}', {JSON_OPTS}, columns = {JSON_COLUMNS})", args.reps
         )
         if place == "local":  # what a first read_json without a schema costs (auto-detect, all columns)
             first = {k: QUERIES[k] for k in list(QUERIES)[:1]}
-            q_js_auto = timed_queries(con, f"read_json('{json_glob}', {JSON_OPTS})", 1, first)
+            q_js_auto = timed_queries(con_js, f"read_json('{json_glob}', {JSON_OPTS})", 1, first)
         agree = all(same_answers(q_pq[k][1], q_js[k][1]) for k in QUERIES)
         rate = {
             fmt: n_rows / (secs[f"{fmt}_encode"] + secs[f"{fmt}_{place}"]) for fmt in ("parquet", "jsonl")

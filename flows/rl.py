@@ -21,7 +21,7 @@ from rlcadence.storage.results import result_storage_for
 from rlcadence.tasks.commit import commit
 from rlcadence.tasks.evaluate import evaluate
 from rlcadence.tasks.generate import generate
-from rlcadence.tasks.run import finish_run, new_run_id, start_run
+from rlcadence.tasks.run import failure_recorded, finish_run, new_run_id, start_run
 from rlcadence.tasks.score import score
 from rlcadence.tasks.train import train
 
@@ -57,7 +57,7 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     model_dir = seed_model(config)
     results = result_storage_for(config.store, config.s3)
     gen, sc, tr, ev, com = (t.with_options(result_storage=results) for t in (generate, score, train, evaluate, commit))
-    with RunState(config, run_id) as run:
+    with RunState(config, run_id) as run, failure_recorded(run):
         start = start_run(run, model_dir)
         before = ev(run, 0)
         log.info(f"run {run_id}: start at step {start.start_step}/{config.steps}; held-out accuracy {_fmt(before)}")

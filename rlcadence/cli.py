@@ -13,6 +13,8 @@ from pydantic import ValidationError
 from rlcadence.config import DEFAULT_STORE, RLConfig
 from rlcadence.environments.datasets import DatasetError
 from rlcadence.presets import PRESETS
+from rlcadence.run_identity import RunIdentityError
+from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
 from rlcadence.storage.s3 import StoreError
 
 
@@ -48,16 +50,44 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def load_config_file(path: str) -> dict:
-    p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"config file {p} does not exist")
-    text = p.read_text()
-    if p.suffix in (".yaml", ".yml"):
-        import yaml
+class ConfigFileError(ValueError):
+    """A config file that cannot be read as a mapping; the message is one line naming file and position."""
 
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+
+def load_config_file(path: str) -> dict:
+    """The mapping in a YAML (.yaml/.yml) or JSON file; broken or non-mapping files fail with file:line:col."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigFileError(f"config file {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigFileError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    data = _parse_yaml(p, text) if p.suffix in (".yaml", ".yml") else _parse_json(p, text)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{p}: the top level must be a mapping of RLConfig fields, got {type(data).__name__}")
+    return data
+
+
+def _parse_yaml(p: Path, text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(p)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigFileError(f"{where}: invalid YAML: {problem}") from None
+
+
+def _parse_json(p: Path, text: str):
+    try:
+        return json.loads(text) if text.strip() else None
+    except json.JSONDecodeError as e:
+        raise ConfigFileError(f"{p}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
 
 
 def build_config(preset: str, config_file: str | None, sets: list[str], store: str | None, run_id: str | None) -> RLConfig:
@@ -98,12 +128,23 @@ def print_table(columns: list[str], rows: list[tuple]) -> None:
 def cmd_run(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
     preflight_environments(config)
-    config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
+    loc = config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
+    config = checked_identity(config, loc, args.force_new)
     from rlcadence.flows.rl import rl
 
     summary = rl(config)
     print_summary(summary)
     return 0
+
+
+def checked_identity(config: RLConfig, loc, force_new: bool) -> RLConfig:
+    """``--run-id X`` of an existing run: same parameters resume it, others are refused (see run_identity)."""
+    from rlcadence.run_identity import check_run_identity
+
+    checked = check_run_identity(config, loc, force_new)
+    if checked.run_id != config.run_id:
+        print(f"run {config.run_id!r} exists: --force-new starts run {checked.run_id!r}", file=sys.stderr)
+    return checked
 
 
 def preflight_environments(config: RLConfig) -> None:
@@ -138,11 +179,20 @@ def cmd_resume(args) -> int:
     return 0
 
 
-def cmd_sql(args) -> int:
-    from rlcadence.storage.query import query
+def open_existing_store(uri: str):
+    """The store at ``uri`` for reading; a local path that is not there is an error, never created."""
     from rlcadence.storage.stores import open_location
 
-    columns, rows = query(open_location(args.store), args.query)
+    if not uri.startswith("s3://") and not Path(uri).expanduser().is_dir():
+        raise FileNotFoundError(f"store {uri} does not exist (no directory there)")
+    return open_location(uri)
+
+
+def cmd_sql(args) -> int:
+    from rlcadence.storage.query import query
+
+    columns, rows = query(open_existing_store(args.store), args.query, timeout_s=args.timeout,
+                          memory_limit=args.memory_limit)
     if args.format == "json":
         print(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str))
     elif args.format == "csv":
@@ -156,28 +206,39 @@ def cmd_sql(args) -> int:
     return 0
 
 
-RUNS_SQL = """
+def runs_sql(views: set[str], metric_columns: set[str], run_columns: set[str]) -> str:
+    """The ``runs`` listing for whatever columns this store has: a store whose runs never evaluated (dataset
+    environments) has no ``eval_accuracy`` column, an older one no ``error``; those show as NULL."""
+    def col(name: str, have: set[str], alias: str = "m") -> str:
+        return f"{alias}.{name}" if name in have else "NULL"
+
+    failure = ", ".join(f"{col(c, run_columns, 'r')} AS {c}" for c in ("failed_stage", "failed_step", "error"))
+    if "metrics" not in views:
+        return f"SELECT r.run_id, r.status, {failure}, r.updated_at FROM runs r ORDER BY r.updated_at DESC"
+    reward, acc = col("reward_mean", metric_columns), col("eval_accuracy", metric_columns)
+    return f"""
 SELECT r.run_id, r.status, max(m.step) AS last_step,
-       round(arg_max(m.reward_mean, m.step), 3) AS last_reward,
-       round(arg_max(m.eval_accuracy, CASE WHEN m.eval_accuracy IS NOT NULL THEN m.step END), 3) AS last_eval_acc,
-       r.updated_at
+       round(arg_max({reward}, m.step), 3) AS last_reward,
+       round(arg_max({acc}, CASE WHEN {acc} IS NOT NULL THEN m.step END), 3) AS last_eval_acc,
+       {failure}, r.updated_at
 FROM runs r LEFT JOIN metrics m USING (run_id)
-GROUP BY r.run_id, r.status, r.updated_at ORDER BY r.updated_at DESC
+GROUP BY ALL ORDER BY r.updated_at DESC
 """
 
 
 def cmd_runs(args) -> int:
-    from rlcadence.storage.query import connect
-    from rlcadence.storage.stores import open_location
+    from rlcadence.storage.query import connect, run_sql
 
-    con = connect(open_location(args.store))
-    views = {r[0] for r in con.sql("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    con = connect(open_existing_store(args.store))
+    views = {r[0] for r in run_sql(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal")[1]}
     if "runs" not in views:
         print(f"no runs in {args.store}")
         return 0
-    sql = RUNS_SQL if "metrics" in views else "SELECT run_id, status, updated_at FROM runs ORDER BY updated_at DESC"
-    rel = con.sql(sql)
-    print_table(rel.columns, rel.fetchall())
+
+    def columns(view: str) -> set[str]:
+        return set(run_sql(con, f"SELECT * FROM {view} LIMIT 0")[0]) if view in views else set()
+
+    print_table(*run_sql(con, runs_sql(views, columns("metrics"), columns("runs"))))
     return 0
 
 
@@ -215,7 +276,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an RL experiment (one flow run)")
     config_args(r)
-    r.add_argument("--run-id")
+    r.add_argument("--run-id", help="an existing id resumes that run when the parameters are the same")
+    r.add_argument("--force-new", action="store_true", help="if --run-id exists, start a new run under a fresh id")
     r.set_defaults(fn=cmd_run)
     b = sub.add_parser("bootstrap", help="build and SFT the embedded tiny model (cached in the store)")
     config_args(b)
@@ -228,6 +290,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("query")
     q.add_argument("--store", default=DEFAULT_STORE)
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    q.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds before the query is stopped")
+    q.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="DuckDB memory limit, e.g. 2GB")
     q.set_defaults(fn=cmd_sql)
     ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
     ls.add_argument("--store", default=DEFAULT_STORE)
@@ -248,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

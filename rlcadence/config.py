@@ -6,36 +6,27 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rlcadence.devices import DEVICE_PATTERN, check_device
 from rlcadence.engines.base import SamplingParams
-from rlcadence.environments.mix import EnvironmentSpec
-from rlcadence.models.tiny import TinyModelConfig
-from rlcadence.objectives.config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
+from rlcadence.environments.spec import EnvironmentSpec
+from rlcadence.models.config import TinyModelConfig
+from rlcadence.objectives_config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.s3 import S3Settings
 from rlcadence.storage.stores import open_location
+from rlcadence.strict import Strict as _StrictBase
 
 DEFAULT_STORE = ".rlcadence/store"
 
 Cadence = int | Literal["offline"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class Strict(_StrictBase):
+    """Flow parameters: also re-validated on assignment (the Prefect UI and tests set fields)."""
 
-    RENAMED: ClassVar[dict[str, str]] = {}  # old key -> new key, so an old config fails saying what to write
-
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed_keys(cls, data: object) -> object:
-        if isinstance(data, dict):
-            for old, new in cls.RENAMED.items():
-                if old in data:
-                    raise ValueError(f"`{old}` was renamed to `{new}` (an RL environment, not a Prefect task): "
-                                     f"write `{new}:` instead")
-        return data
+    model_config = ConfigDict(validate_assignment=True)
 
 
 class ArithmeticConfig(Strict):
@@ -152,6 +143,10 @@ class RLConfig(Strict):
     max_tokens_per_micro_batch: int | None = Field(
         None, ge=1, description="Token budget of one backward pass: rows are grouped by length and cut so that "
         "rows x longest row <= budget. None: micro_batch_size rows (or the whole mini-batch).")
+    sparsity: Literal["bf16_isclose", "fp32_abs"] = Field(
+        "bf16_isclose", description="How update sparsity counts an unchanged weight (both cast to bf16): "
+        "bf16_isclose (default, sparsity_in_rl's script: bf16 difference, threshold bf16(1e-5) = 1.00136e-05) or "
+        "fp32_abs (exact float32 difference > 1e-5). About 2 points apart on random deltas.")
     logits_chunk_tokens: int = Field(
         1024, ge=1, description="Tokens per chunk of the LM head: log-probs and entropy never hold [N, T, V] logits.")
 

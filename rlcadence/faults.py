@@ -38,3 +38,18 @@ def maybe_crash_mid_write(loc, parts: tuple[str, ...], payload: bytes, *, table:
     with loc.fs.open_output_stream(tmp) as f:
         f.write(payload[: len(payload) // 2])
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+FAIL_ENV = "RLCADENCE_FAIL_AT"
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by ``RLCADENCE_FAIL_AT=<stage>:<step>``: an ordinary exception (retried, then fatal)."""
+
+
+def maybe_fail(stage: str, step: object) -> None:
+    """``RLCADENCE_FAIL_AT=train:1`` raises in stage ``train`` of step 1, every attempt."""
+    spec = os.environ.get(FAIL_ENV, "")
+    want_stage, _, want_step = spec.rpartition(":")
+    if spec and want_stage == stage and want_step == str(step):
+        raise InjectedFailure(f"injected failure in {stage} at step {step}\n(second line, not recorded)")

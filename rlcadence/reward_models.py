@@ -15,6 +15,7 @@ from typing import Literal, Protocol
 import torch
 
 from rlcadence.engines.base import Engine, SamplingParams
+from rlcadence.environments.spec import DEFAULT_JUDGE_TEMPLATE
 from rlcadence.verifiers.base import VerifierResult
 
 
@@ -89,10 +90,6 @@ class SequenceClassifierScorer:
         return [VerifierResult(s, "score") for s in scores]
 
 
-DEFAULT_JUDGE_TEMPLATE = (
-    "Rate the response to the instruction on a scale of 0 to 10. Reply with the number only.\n"
-    "Instruction: {prompt}\nResponse: {completion}\nScore:"
-)
 
 
 class JudgeScorer:

@@ -55,7 +55,7 @@ def _env(*names: str) -> str | None:
 class S3Settings(BaseModel):
     """How to reach an S3 store. Contains no secrets: keys come from the AWS credential chain."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)  # env values too
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True, allow_inf_nan=False)  # env values too
 
     endpoint_url: str | None = Field(
         default_factory=lambda: _env("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 import random
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,3 +91,25 @@ def finish_run(run: RunState, summary: dict) -> dict:
     extra = {k: v for k, v in summary.items() if k != "run_id"}
     tables.write_run_status(run.loc, run.run_id, "completed", _params(run), flow_run_id=str(runtime.flow_run.id or ""), **extra)
     return summary
+
+
+def failure_row(err: BaseException) -> dict:
+    """Where and why a run failed: the stage and step (set by tasks.stage) and the error's first line."""
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else ""
+    return {
+        "failed_stage": getattr(err, "rlcadence_stage", "flow"),
+        "failed_step": getattr(err, "rlcadence_step", None),
+        "error": f"{type(err).__name__}: {first}"[:500],
+    }
+
+
+@contextmanager
+def failure_recorded(run: RunState) -> Iterator[None]:
+    """Around a flow body: an exception marks the run ``failed`` (stage, step, error), then propagates."""
+    try:
+        yield
+    except Exception as err:
+        tables.write_run_status(run.loc, run.run_id, "failed", _params(run),
+                                flow_run_id=str(runtime.flow_run.id or ""), **failure_row(err))
+        raise

@@ -83,8 +83,9 @@ def score(run: RunState, step: int, generated: str) -> dict[str, float]:
     lengths = torch.tensor(table.column("completion_tokens").to_pylist(), dtype=torch.float64)
     per_env = per_environment_reward_metrics(envs, env_col, rewards) if len(cfg.environments) > 1 else {}
     return per_env | {
-        "reward/mean": float(rewards.mean()),
+        "reward/mean": float(rewards.nanmean()),  # NaN = no reward (None), left out as in the advantages
         "reward/accuracy": float((rewards >= 1.0).double().mean()),
+        "reward/missing_fraction": float(rewards.isnan().double().mean()),
         "rollout/mean_length": float(lengths.mean()),
         "rollout/zero_advantage_group_fraction": zero_advantage_group_fraction(rewards, cfg.group_size),
         "rollout/kept_fraction": float(kept.double().mean()),

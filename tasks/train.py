@@ -39,8 +39,8 @@ def update_diagnostics(run: RunState, policy: Policy, last_sync: int) -> dict[st
     (the last sync), optimizer state bytes, the reference model's bytes (0 when none is loaded), peak memory."""
     now = {k: v.detach() for k, v in policy.model.state_dict().items()}
     tied = [("model.embed_tokens.weight", "lm_head.weight")] if "lm_head.weight" in now and policy.model.config.tie_word_embeddings else []
-    vs_init = update_sparsity(run.bf16_weights(0), now, tied=tied)
-    vs_sync = update_sparsity(run.bf16_weights(last_sync), now, tied=tied)
+    vs_init = update_sparsity(run.bf16_weights(0), now, tied=tied, mode=run.config.sparsity)
+    vs_sync = update_sparsity(run.bf16_weights(last_sync), now, tied=tied, mode=run.config.sparsity)
     return {
         "sparsity/unchanged_vs_initial": vs_init.unchanged_fraction,
         "sparsity/changed_vs_initial": float(vs_init.changed),

@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+
+from rlcadence.strict import Strict
 
 
-class SamplingParams(BaseModel):
+class SamplingParams(Strict):
     """How completions are sampled. Training defaults follow the papers (T=1.0, top-p 1.0)."""
 
     temperature: float = Field(1.0, ge=0.0, description="0 means greedy decoding.")

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from rlcadence.environments.base import PromptRow
 from rlcadence.prompts import encode_prompts, format_chat, has_chat_template
+from rlcadence.strict import Strict
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,8 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as configured; the message names the file (and bad rows)."""
 
 
-class PromptSource(BaseModel):
+class PromptSource(Strict):
     """Where an environment's prompts come from and how they become model inputs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     path: str = Field(
         description="A local .jsonl or .parquet file, or a directory from Dataset.save_to_disk."
@@ -259,13 +258,16 @@ def _require_columns(path: Path, available: list[str], source: PromptSource) -> 
 def _read_parquet(path: Path, source: PromptSource) -> Iterator[Record]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
-    columns = _require_columns(path, pf.schema_arrow.names, source)
-    index = 0
-    for batch in pf.iter_batches(batch_size=4096, columns=columns):
-        for record in batch.to_pylist():
-            yield index, record, _to_json(record), None
-            index += 1
+    try:  # a corrupt or truncated file names itself, at open or mid-read
+        pf = pq.ParquetFile(path)
+        columns = _require_columns(path, pf.schema_arrow.names, source)
+        index = 0
+        for batch in pf.iter_batches(batch_size=4096, columns=columns):
+            for record in batch.to_pylist():
+                yield index, record, _to_json(record), None
+                index += 1
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: not a readable Parquet file ({str(e).strip().splitlines()[0]})") from None
 
 
 def _read_saved(path: Path, source: PromptSource) -> Iterator[Record]:

@@ -9,64 +9,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from rlcadence.devices import DEVICE_PATTERN
 from rlcadence.environments.arithmetic import make_splits, verify_sum
 from rlcadence.environments.base import PromptRow
-from rlcadence.environments.datasets import PromptSource, RejectedRow, load_prompts
-from rlcadence.reward_models import DEFAULT_JUDGE_TEMPLATE, normalize_rewards
+from rlcadence.environments.datasets import RejectedRow, load_prompts
+from rlcadence.environments.spec import EnvironmentSpec, JudgeSpec  # noqa: F401 - re-exported
+from rlcadence.reward_models import normalize_rewards
 from rlcadence.verifiers.base import VerifierResult
-
-
-class JudgeSpec(BaseModel):
-    """An LLM as judge: a causal LM (local dir or cached hub id) asked to grade each completion greedily."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str = Field(description="Judge model dir or hub id (loaded with AutoModelForCausalLM).")
-    template: str = Field(DEFAULT_JUDGE_TEMPLATE, description="str.format template with {prompt} and {completion}.")
-    parse_regex: str = Field(r"(\d+(?:\.\d+)?)", description="First match (group 1 if any) is the score.")
-    max_score: float = Field(10.0, gt=0, description="reward = score / max_score; scores outside [0, max] give 0.")
-    max_new_tokens: int = Field(16, ge=1)
-
-
-class EnvironmentSpec(BaseModel):
-    """One environment of the mix. ``kind`` picks the prompt source; rewards come from ``verifier`` (verifiable)
-    or ``reward_model`` (non-verifiable), with built-in defaults for the embedded environments."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field("arithmetic", pattern=r"^[A-Za-z0-9_]+$", description="Stored in rollouts.environment; metric suffix.")
-    kind: Literal["arithmetic", "toy_pref", "dataset"] = "arithmetic"
-    source: PromptSource | None = Field(None, description="Prompts file (kind=dataset).")
-    verifier: str | None = Field(None, description="Registry name ('math', 'exact_match', 'numeric') or dotted path.")
-    reward_model: str | None = Field(None, description="AutoModelForSequenceClassification dir (non-verifiable).")
-    judge: JudgeSpec | None = Field(None, description="LLM-as-judge scorer (non-verifiable); unparseable replies "
-                                    "score 0 and are recorded in the rollout's verifier detail.")
-    weight: float = Field(1.0, gt=0, description="Share of each step's prompts (relative to the other environments).")
-    reward_normalization: Literal["none", "zscore", "minmax"] = "none"
-    device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Reward model / judge device; None: the run's.")
-
-    @model_validator(mode="after")
-    def _complete(self) -> EnvironmentSpec:
-        if self.kind == "dataset":
-            if self.source is None:
-                raise ValueError(f"environment {self.name}: kind=dataset needs a source")
-            given = [k for k in ("verifier", "reward_model", "judge") if getattr(self, k) is not None]
-            if len(given) != 1:
-                raise ValueError(f"environment {self.name}: give exactly one of verifier / reward_model / judge "
-                                 f"(got {', '.join(given) or 'none'})")
-            if self.verifier is None and "gold_column" not in self.source.model_fields_set:
-                # scored environments need no reference answer: don't require the default 'gold' column
-                self.source = self.source.model_copy(update={"gold_column": None})
-        return self
-
-    @property
-    def verifiable(self) -> bool:
-        return self.kind == "arithmetic" or (self.kind == "dataset" and self.verifier is not None)
 
 
 def split_prompts(total: int, weights: list[float]) -> list[int]:
@@ -131,12 +80,26 @@ class Environment:
             results = self._get_scorer()(prompts, completions)
         elif self.spec.verifier is not None:
             results = self._get_scorer()(completions, [g or "" for g in golds])
+        elif self.spec.rewards is not None:
+            results = self._combined(completions, [g or "" for g in golds])
         else:
             results = self._get_scorer()(prompts, completions)
         if self.spec.reward_normalization != "none":
             scaled = normalize_rewards([r.reward for r in results], self.spec.reward_normalization)
             results = [VerifierResult(x, r.detail) for x, r in zip(scaled, results, strict=True)]
         return results
+
+    def _combined(self, completions: list[str], golds: list[str]) -> list[VerifierResult]:
+        """Every reward term's verifier, combined with weights (rlcadence.environments.rewards)."""
+        from rlcadence.environments.rewards import combine_rewards
+
+        terms = self.spec.rewards or []
+        per_term = [scorer(completions, golds) for scorer in self._get_scorer()]  # [K][N]
+        combined = combine_rewards([[r.reward for r in t] for t in per_term], [t.weight for t in terms],
+                                   self.spec.reward_combination)
+        details = ["; ".join(f"{t.verifier}={r.detail}" for t, r in zip(terms, row, strict=True))
+                   for row in zip(*per_term, strict=True)]
+        return [VerifierResult(x, d) for x, d in zip(combined, details, strict=True)]
 
     def _get_scorer(self):
         if self._scorer is None:
@@ -148,6 +111,10 @@ class Environment:
                 from rlcadence.verifiers.registry import get_verifier
 
                 self._scorer = get_verifier(self.spec.verifier)
+            elif self.spec.rewards is not None:
+                from rlcadence.verifiers.registry import get_verifier
+
+                self._scorer = [get_verifier(t.verifier) for t in self.spec.rewards]
             elif self.spec.judge is not None:
                 self._scorer = _judge_scorer(self.spec.judge, self.spec.device or self._device)
             else:
@@ -157,9 +124,10 @@ class Environment:
         return self._scorer
 
     def close(self) -> None:
-        close = getattr(self._scorer, "close", None)
-        if callable(close):
-            close()
+        for scorer in self._scorer if isinstance(self._scorer, list) else [self._scorer]:
+            close = getattr(scorer, "close", None)
+            if callable(close):
+                close()
 
 
 def _judge_scorer(spec: JudgeSpec, device: str):

@@ -10,23 +10,13 @@ import string
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, Field
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from rlcadence.models.config import TinyModelConfig  # noqa: F401 - re-exported, defined torch-free
+
 SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 CHARS = list(string.printable[:95])  # digits, letters, punctuation, space
-
-
-class TinyModelConfig(BaseModel):
-    """Shape of the embedded default model (a Llama; ~0.4M parameters with the defaults)."""
-
-    hidden_size: int = Field(128, ge=16)
-    num_layers: int = Field(2, ge=1)
-    num_heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(512, ge=16)
-    max_position_embeddings: int = Field(64, ge=16)
-    tie_word_embeddings: bool = True
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -1,7 +1,14 @@
 """DPO (Rafailov et al., arXiv 2305.18290, eq. 7) on summed sequence logprobs, with paper A's pair selection.
 
     L = -log sigmoid(beta * ((log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l))))
-        + nll_weight * NLL(y_w)                                       (NLL = per-token mean of -log pi(y_w))
+        + nll_weight * NLL(y_w)
+
+    NLL, nll_normalization="token" (TRL): sum over all chosen tokens of the batch of -log pi / their count;
+    nll_normalization="sequence": mean over pairs of each chosen response's per-token mean of -log pi.
+    Chosen lengths 5, 3, 1 with per-token NLL 1, 2, 3: token (5 + 6 + 3) / 9 = 1.556, sequence (1+2+3)/3 = 2.
+
+Metrics (margin, accuracy) are computed in float64 from the summed logprobs: with policy == reference the
+float32 noise of two forward passes must not count as a positive margin.
 
 Pair selection (paper A, arXiv 2506.21495 sec. 3): verifiable tasks pair a random correct response with a
 random incorrect one; reward-model tasks pair the highest score with the lowest. Groups with no valid pair
@@ -57,10 +64,12 @@ def select_pairs_verifiable(
 
 
 def select_pairs_scored(scores: torch.Tensor, group_size: int) -> PairSelection:
-    """Per group: chosen = highest score, rejected = lowest (first index on ties); all-tied groups skipped."""
+    """Per group: chosen = highest score, rejected = lowest (first index on ties); all-tied groups skipped.
+    NaN scores (no reward) are never chosen or rejected (a verifiable group's NaN is neither >= nor < threshold)."""
     out = PairSelection()
     for g, group in enumerate(_group_rows(scores, group_size)):
-        hi, lo = max(group), min(group)
+        valid = [s for s in group if s == s]  # NaN != NaN
+        hi, lo = (max(valid), min(valid)) if valid else (0.0, 0.0)
         if hi == lo:
             out.skipped_groups += 1
             continue
@@ -76,17 +85,21 @@ def dpo_loss(
     ref_rejected_logps: torch.Tensor,
     cfg: DPOConfig,
     normalizer: float,
-    chosen_nll: torch.Tensor | None = None,
+    chosen_nll_sum: torch.Tensor | None = None,
+    chosen_tokens: torch.Tensor | None = None,
+    nll_token_normalizer: float | None = None,
 ) -> LossOutput:
     """Summed DPO (+ NLL) loss of these P pairs divided by ``normalizer`` (pairs in the whole optimizer batch).
 
-    All logps are [P] summed sequence logprobs; ref logps are constants. ``chosen_nll`` [P] is the per-token
-    mean NLL of each chosen response (with gradient). With P == 0 the loss is the sum over the empty
-    inputs: a 0 that is connected to the graph iff the policy inputs require grad.
+    All logps are [P] summed sequence logprobs (float64 sums recommended); ref logps are constants.
+    ``chosen_nll_sum`` [P]: sum of -log pi over each chosen response's tokens (with gradient), ``chosen_tokens``
+    [P] their counts; ``nll_token_normalizer``: chosen tokens in the whole optimizer batch (token mode), so
+    micro-batches add up to the batch's token mean. With P == 0 the loss is the sum over the empty inputs:
+    a 0 that is connected to the graph iff the policy inputs require grad.
     """
     p = policy_chosen_logps.shape[0]
-    if cfg.nll_weight > 0 and chosen_nll is None:
-        raise ValueError("nll_weight > 0 needs chosen_nll")
+    if cfg.nll_weight > 0 and (chosen_nll_sum is None or chosen_tokens is None):
+        raise ValueError("nll_weight > 0 needs chosen_nll_sum and chosen_tokens")
     if p and normalizer <= 0:
         raise ValueError(f"normalizer must be > 0, got {normalizer}")
     scale = 1.0 / normalizer if p else 1.0  # P == 0: nothing to divide; avoids 0/0 when normalizer is 0
@@ -95,14 +108,26 @@ def dpo_loss(
     logits = cfg.beta * (chosen_reward - rejected_reward)  # [P]
     loss_dpo = -F.logsigmoid(logits).sum() * scale
     loss_nll = torch.zeros((), dtype=loss_dpo.dtype, device=loss_dpo.device)
-    if cfg.nll_weight > 0:
-        loss_nll = cfg.nll_weight * chosen_nll.sum() * scale
+    if cfg.nll_weight > 0 and p:
+        loss_nll = cfg.nll_weight * _nll(chosen_nll_sum, chosen_tokens, cfg, scale, nll_token_normalizer)
     with torch.no_grad():
+        margin = cfg.beta * ((policy_chosen_logps.double() - ref_chosen_logps.double())
+                             - (policy_rejected_logps.double() - ref_rejected_logps.double()))  # [P] float64
         metrics = {
             "loss/dpo": loss_dpo.item(),
             "loss/nll": loss_nll.item(),
-            "dpo/reward_margin": float(logits.mean()) if p else 0.0,
-            "dpo/reward_accuracy": float((logits > 0).float().mean()) if p else 0.0,
+            "dpo/reward_margin": float(margin.mean()) if p else 0.0,
+            "dpo/reward_accuracy": float((margin > 0).double().mean()) if p else 0.0,
             "dpo/pairs": float(p),
         }
     return LossOutput(loss=loss_dpo + loss_nll, metrics=metrics)
+
+
+def _nll(nll_sum: torch.Tensor, tokens: torch.Tensor, cfg: DPOConfig, pair_scale: float,
+         token_normalizer: float | None) -> torch.Tensor:
+    """The NLL term of these pairs (before nll_weight), normalized as ``cfg.nll_normalization`` says."""
+    if cfg.nll_normalization == "sequence":
+        return (nll_sum / tokens.clamp(min=1)).sum() * pair_scale  # mean of per-response means
+    if token_normalizer is None:
+        token_normalizer = float(tokens.sum())  # these pairs are the whole batch
+    return nll_sum.sum() / max(token_normalizer, 1.0)  # token mean over the batch (TRL)

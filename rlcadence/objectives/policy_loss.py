@@ -4,6 +4,8 @@ Per valid token t of row i (PPO, arXiv 1707.06347 eq. 7; GRPO, arXiv 2402.03300 
 
     rho_it = exp(logp_it - old_logp_it)
     l_it   = -min(rho_it * A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) * A_i) + beta * KL_it
+    clip_delta (INTELLECT-2 / TRL delta): the first rho_it is min(rho_it, delta) (two-sided clipping);
+    kl_bias_correction (DeepSeek-V3.2 / TRL use_bias_correction_kl): KL_it is multiplied by rho_it.
 
 With one gradient step per generated batch rho == 1 and this is the vanilla policy gradient (DASH).
 Aggregation (``PolicyLossConfig.aggregation``), with D = ``normalizer`` from ``loss_normalizer``:
@@ -102,14 +104,20 @@ def policy_loss(
 
     ratio = torch.exp(logp - old)  # [N, L]
     lo, hi = 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high
-    surrogate = torch.minimum(ratio * adv, ratio.clamp(lo, hi) * adv)  # [N, L]
+    capped = ratio if cfg.clip_delta is None else ratio.clamp(max=cfg.clip_delta)  # [N, L] two-sided clip
+    surrogate = torch.minimum(capped * adv, ratio.clamp(lo, hi) * adv)  # [N, L]
     pg = (-surrogate).masked_fill(~valid, 0.0)  # [N, L]
     clipped = ((ratio > hi) & (adv > 0)) | ((ratio < lo) & (adv < 0))  # [N, L] min() took the clipped side
+    if cfg.clip_delta is not None:
+        clipped = clipped | ((ratio > cfg.clip_delta) & (adv < 0))  # [N, L] capped at delta
 
     kl = torch.zeros_like(pg)  # [N, L]
     if ref_logprobs is not None:
         ref = ref_logprobs.detach().to(logp.dtype).masked_fill(~valid, 0.0)  # [N, L]
-        kl = kl_estimate(logp, ref, cfg.kl_estimator).masked_fill(~valid, 0.0)  # [N, L]
+        kl = kl_estimate(logp, ref, cfg.kl_estimator)  # [N, L]
+        if cfg.kl_bias_correction:
+            kl = ratio * kl  # [N, L] importance-weighted: samples came from pi_old
+        kl = kl.masked_fill(~valid, 0.0)  # [N, L]
 
     loss_pg = _aggregate(pg, valid, cfg.aggregation) / normalizer
     loss_kl = cfg.kl_beta * _aggregate(kl, valid, cfg.aggregation) / normalizer

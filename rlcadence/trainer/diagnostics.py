@@ -32,16 +32,35 @@ def _aliases(state: dict[str, torch.Tensor]) -> set[str]:
     return dup
 
 
+SPARSITY_MODES = ("bf16_isclose", "fp32_abs")
+
+
+def unchanged_mask(before: torch.Tensor, after: torch.Tensor, atol: float, mode: str) -> torch.Tensor:
+    """Which elements count as unchanged. Both tensors are first cast to bf16, then:
+
+    - ``bf16_isclose`` (default; sparsity_in_rl's original script, arXiv 2505.11711): ``torch.isclose`` on the
+      bf16 tensors with rtol 0, so the difference is taken in bf16 and the threshold is bf16(atol)
+      (bf16(1e-5) = 1.00136e-05);
+    - ``fp32_abs``: the exact float32 difference of the bf16 values, ``> atol`` means changed.
+    """
+    a, b = after.detach().to(torch.bfloat16), before.detach().to(after.device, torch.bfloat16)
+    if mode == "bf16_isclose":
+        return torch.isclose(a, b, rtol=0.0, atol=atol)
+    if mode == "fp32_abs":
+        return (a.float() - b.float()).abs() <= atol
+    raise ValueError(f"sparsity mode must be one of {SPARSITY_MODES}, got {mode!r}")
+
+
 def update_sparsity(
     before: dict[str, torch.Tensor],
     after: dict[str, torch.Tensor],
     atol: float = 1e-5,
     tied: list[tuple[str, str]] | None = None,
+    mode: str = "bf16_isclose",
 ) -> SparsityResult:
     """Fraction of parameters unchanged between two checkpoints, both cast to bf16 (arXiv 2505.11711).
 
-    An element is unchanged iff |bf16(after) - bf16(before)| <= atol (the difference is taken exactly,
-    in float32). Tied tensors are counted once: names sharing storage within either dict are detected,
+    An element is unchanged as :func:`unchanged_mask` says for ``mode``. Tied tensors are counted once: names sharing storage within either dict are detected,
     and ``tied`` pairs (first, second) drop ``second`` — needed for state dicts loaded from disk, which lose
     sharing or omit the tied copy. Non-floating-point entries (integer buffers) are ignored.
     """
@@ -57,11 +76,9 @@ def update_sparsity(
         b, a = before[name], after[name]
         if b.shape != a.shape:
             raise ValueError(f"{name}: shape {tuple(b.shape)} != {tuple(a.shape)}")
-        delta = (
-            a.detach().to(torch.bfloat16).float() - b.detach().to(a.device, torch.bfloat16).float()
-        )  # same shape
-        changed += int((delta.abs() > atol).sum())
-        total += delta.numel()
+        same = unchanged_mask(b, a, atol, mode)  # same shape
+        changed += int((~same).sum())
+        total += same.numel()
     return SparsityResult(
         unchanged_fraction=1.0 - changed / total if total else 1.0, changed=changed, total=total
     )

@@ -267,15 +267,16 @@ def dpo_update(model, optimizer, chosen: PackedBatch, rejected: PackedBatch, ref
     metrics = []
     for mini in _chunks(n_pairs, cfg.mini_batches):
         micro_metrics = []
+        mini_tokens = float(chosen.rows(mini).completion_mask.sum())  # NLL token normalizer of the batch
         for micro in micro_batches(mini, lengths, plan):
             c, r = chosen.micro(micro, device), rejected.micro(micro, device)
             logp_c, _ = forward_logprobs(model, c, plan)
             logp_r, _ = forward_logprobs(model, r, plan)
             ref_c, ref_r = _ref_logprobs(ref_model, c, plan), _ref_logprobs(ref_model, r, plan)
-            seq = lambda lp, b: (lp * b.completion_mask).sum(1)  # noqa: E731  [P]
-            nll = -seq(logp_c, c) / c.completion_mask.sum(1).clamp(min=1)
+            seq = lambda lp, b: (lp.double() * b.completion_mask).sum(1)  # noqa: E731  [P] float64 sums
             out = dpo_loss(seq(logp_c, c), seq(logp_r, r), seq(ref_c, c), seq(ref_r, r), cfg.dpo,
-                           normalizer=float(len(mini)), chosen_nll=nll)
+                           normalizer=float(len(mini)), chosen_nll_sum=-seq(logp_c, c),
+                           chosen_tokens=c.completion_mask.sum(1), nll_token_normalizer=mini_tokens)
             out.loss.backward()
             micro_metrics.append(out.metrics)
         metrics.append(_combine_micro(micro_metrics) | optimizer_step(model, optimizer, cfg.optimizer))

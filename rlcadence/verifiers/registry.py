@@ -91,6 +91,8 @@ def _as_results(values: Any, n: int, path: str) -> list[VerifierResult]:
             out.append(v)
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out.append(VerifierResult(float(v), "ok"))
+        elif v is None:  # no reward: NaN, left out of the group statistics with advantage 0
+            out.append(VerifierResult(float("nan"), "no reward (None)"))
         else:
             raise TypeError(
                 f"verifier {path!r} returned a {type(v).__name__}; expected VerifierResult or float"

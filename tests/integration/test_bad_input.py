@@ -40,8 +40,8 @@ def test_missing_model_path_is_named(tmp_path, capsys):
 
 
 def test_missing_config_file_is_named(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["run", "--config", str(tmp_path / "nope.yaml")])
+    assert main(["run", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: config file {tmp_path / 'nope.yaml'} does not exist"
 
 
 def test_offline_is_a_valid_cadence():

@@ -36,7 +36,7 @@ def test_unbiased_std_and_eps():
 
 def test_without_std_is_reward_minus_mean():
     # paper A's text: A = r - mean(r) -> [0.75, -0.25, -0.25, -0.25], [0, 0, 0, 0]
-    a = group_advantages(REWARDS, 4, AdvantageConfig(std_normalize=False))
+    a = group_advantages(REWARDS, 4, AdvantageConfig(scale="none"))
     torch.testing.assert_close(a, torch.tensor([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]))
 
 
@@ -58,3 +58,35 @@ def test_zero_advantage_group_fraction():
     rewards = torch.cat([REWARDS, torch.zeros(4)])
     assert zero_advantage_group_fraction(rewards, 4) == pytest.approx(2 / 3)
     assert zero_advantage_group_fraction(torch.tensor([0.0, 1.0]), 2) == 0.0
+
+
+def test_old_std_normalize_reads_as_scale():
+    assert AdvantageConfig(std_normalize=False).scale == "none"
+    assert AdvantageConfig.model_validate({"std_normalize": True}).scale == "group"
+    with pytest.raises(ValueError, match="contradicts"):
+        AdvantageConfig.model_validate({"std_normalize": False, "scale": "batch"})
+
+
+def test_batch_scale_divides_by_the_std_of_the_whole_batch():
+    # REWARDS: 1, 0, 0, 0 | 1, 1, 1, 1. Batch mean 5/8 = 0.625; population var over the 8 rewards:
+    #   (5 * 0.375^2 + 3 * 0.625^2) / 8 = (0.703125 + 1.171875) / 8 = 0.234375, std = 0.4841229
+    # group 0: r - mean_g = [0.75, -0.25, -0.25, -0.25] / 0.4841229 = [1.5491933, -0.5163978, ...]; group 1: 0
+    a = group_advantages(REWARDS, 4, AdvantageConfig(scale="batch", eps=0.0))
+    std = math.sqrt(0.234375)
+    torch.testing.assert_close(a, torch.tensor([0.75 / std, -0.25 / std, -0.25 / std, -0.25 / std, 0, 0, 0, 0]))
+    # unbiased (torch.std's default, as TRL): var = 1.875 / 7 = 0.2678571, std = 0.5175492
+    a = group_advantages(REWARDS, 4, AdvantageConfig(scale="batch", eps=0.0, unbiased_std=True))
+    torch.testing.assert_close(a[0], torch.tensor(0.75 / math.sqrt(1.875 / 7)))
+
+
+def test_none_rewards_are_left_out_of_the_group_statistics():
+    # group 0: [1, NaN, 0, 0] -> valid [1, 0, 0]: mean 1/3, r - mean = [2/3, -, -1/3, -1/3]
+    #   population var = (4/9 + 1/9 + 1/9) / 3 = 2/9, std = 0.4714045 -> A = [1.4142136, 0, -0.7071068, -0.7071068]
+    # group 1: [NaN, 1, 1, 1] -> uniform valid rewards -> 0; group 2: [NaN, NaN, NaN, 1] -> one valid -> 0
+    nan = float("nan")
+    r = torch.tensor([1.0, nan, 0.0, 0.0, nan, 1.0, 1.0, 1.0, nan, nan, nan, 1.0])
+    a = group_advantages(r, 4, AdvantageConfig(eps=0.0))
+    s2 = math.sqrt(2.0)
+    torch.testing.assert_close(a, torch.tensor([s2, 0.0, -1 / s2, -1 / s2] + [0.0] * 8))
+    assert not torch.isnan(group_advantages(r, 4, AdvantageConfig(scale="batch"))).any()
+    assert not torch.isnan(group_advantages(r, 4, AdvantageConfig(scale="none"))).any()

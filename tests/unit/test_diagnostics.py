@@ -79,3 +79,19 @@ def test_grad_global_norm():
     a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])  # c has no gradient
     assert grad_global_norm([a, b, c]) == pytest.approx(5.0)  # sqrt(9 + 16)
     assert grad_global_norm([c]) == 0.0
+
+
+def test_sparsity_modes_differ_at_the_bf16_threshold():
+    # bf16(1e-5) = 1.00136e-05. A weight going 0 -> bf16(1e-5) moved by 1.00136e-05:
+    #   fp32_abs     : 1.00136e-05 > 1e-5                -> changed
+    #   bf16_isclose : |d| <= bf16(1e-5) in bf16 arithmetic -> unchanged (the original script's count)
+    # A weight 0 -> 2e-5 (bf16 1.9908e-05) is changed under both; 1.0 -> 1.0 unchanged under both.
+    step = torch.tensor(1e-5).bfloat16().float().item()
+    assert step == pytest.approx(1.00136e-05, rel=1e-5)
+    before = {"w": torch.tensor([0.0, 0.0, 1.0])}
+    after = {"w": torch.tensor([step, 2e-5, 1.0])}
+    assert update_sparsity(before, after, mode="fp32_abs").changed == 2
+    assert update_sparsity(before, after, mode="bf16_isclose").changed == 1
+    assert update_sparsity(before, after).changed == 1  # bf16_isclose is the default
+    with pytest.raises(ValueError, match="sparsity mode"):
+        update_sparsity(before, after, mode="exact")

@@ -69,15 +69,46 @@ def test_dpo_loss_hand_values():
     torch.testing.assert_close(pc.grad, torch.tensor([-0.1 * sig / 4, -0.0125]))
 
 
-def test_dpo_nll_term():
-    # nll_weight 0.5, chosen NLL [2, 3]: 0.5 * (2 + 3) / 4 = 0.625 on top of 0.3015406
-    out = dpo_loss(
-        PC, PR, RC, RR, DPOConfig(beta=0.1, nll_weight=0.5), 4.0, chosen_nll=torch.tensor([2.0, 3.0])
-    )
-    assert out.metrics["loss/nll"] == pytest.approx(0.625)
-    assert out.loss.item() == pytest.approx(0.625 + out.metrics["loss/dpo"], rel=1e-6)
-    with pytest.raises(ValueError):
+# Three pairs whose chosen responses have 5, 3 and 1 tokens with per-token NLL 1, 2 and 3: NLL sums 5, 6, 3.
+NLL_SUM, TOKENS = torch.tensor([5.0, 6.0, 3.0]), torch.tensor([5.0, 3.0, 1.0])
+P3 = torch.tensor([-1.0, -2.0, -3.0])  # policy == reference: the DPO term is log 2 per pair
+
+
+def test_dpo_nll_token_normalization_is_trls():
+    # token (TRL sft / rpo_alpha): (5 + 6 + 3) / (5 + 3 + 1) = 14 / 9 = 1.5556; x nll_weight 0.5 = 0.7778
+    out = dpo_loss(P3, P3, P3, P3, DPOConfig(nll_weight=0.5), 3.0, chosen_nll_sum=NLL_SUM, chosen_tokens=TOKENS)
+    assert out.metrics["loss/nll"] == pytest.approx(0.5 * 14 / 9, rel=1e-6)
+    assert out.loss.item() == pytest.approx(math.log(2) + 0.5 * 14 / 9, rel=1e-6)
+    assert DPOConfig().nll_normalization == "token"
+
+
+def test_dpo_nll_sequence_normalization():
+    # sequence: per-response means 1, 2, 3, mean over the 3 pairs = 2; x 0.5 = 1.0 (vs 0.7778 token: 29% apart)
+    cfg = DPOConfig(nll_weight=0.5, nll_normalization="sequence")
+    out = dpo_loss(P3, P3, P3, P3, cfg, 3.0, chosen_nll_sum=NLL_SUM, chosen_tokens=TOKENS)
+    assert out.metrics["loss/nll"] == pytest.approx(1.0, rel=1e-6)
+    with pytest.raises(ValueError, match="chosen_nll_sum"):
         dpo_loss(PC, PR, RC, RR, DPOConfig(nll_weight=0.5), 4.0)
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence"])
+def test_dpo_nll_micro_batches_add_up_to_the_batch(mode):
+    cfg = DPOConfig(nll_weight=1.0, nll_normalization=mode)
+    whole = dpo_loss(P3, P3, P3, P3, cfg, 3.0, chosen_nll_sum=NLL_SUM, chosen_tokens=TOKENS).metrics["loss/nll"]
+    parts = sum(dpo_loss(P3[s], P3[s], P3[s], P3[s], cfg, 3.0, chosen_nll_sum=NLL_SUM[s], chosen_tokens=TOKENS[s],
+                         nll_token_normalizer=9.0).metrics["loss/nll"] for s in (slice(0, 2), slice(2, 3)))
+    assert parts == pytest.approx(whole, rel=1e-6) and whole == pytest.approx(14 / 9 if mode == "token" else 2.0)
+
+
+def test_dpo_metrics_see_no_margin_when_policy_is_the_reference():
+    # The same per-token logprobs summed in another order (another forward pass): float32 sums differ by
+    # ~4e-6 on rows 1 and 2, which float32 metrics counted as positive/negative margins; float64 sums are exact.
+    torch.manual_seed(0)
+    tokens = -torch.rand(3, 40) * 3  # [P, T] float32
+    assert (tokens.sum(1) != tokens.flip(1).sum(1)).any()
+    pol, ref = tokens.double().sum(1), tokens.flip(1).double().sum(1)
+    out = dpo_loss(pol, pol.flip(0), ref, ref.flip(0), DPOConfig(), 3.0)
+    assert out.metrics["dpo/reward_accuracy"] == 0.0 and out.metrics["dpo/reward_margin"] == 0.0
 
 
 def test_dpo_micro_batches_sum_to_batch_loss():
@@ -104,3 +135,9 @@ def test_dpo_config_bounds():
         DPOConfig(beta=0.0)
     with pytest.raises(ValueError):
         DPOConfig(nll_weight=-1.0)
+
+
+def test_scored_pairs_never_use_a_missing_reward():
+    nan = float("nan")
+    pairs = select_pairs_scored(torch.tensor([nan, 0.2, 0.9, nan, nan, nan, 0.5, 0.5]), 4)
+    assert (pairs.chosen, pairs.rejected, pairs.skipped_groups) == ([2], [1], 1)

@@ -177,3 +177,40 @@ def test_micro_batch_accumulation_equals_one_batch(aggregation, normalize_by):
     micro = grads([[0], [2, 3], [5]])
     for a, b in zip(one, micro, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_two_sided_clip_delta():
+    # One token each, old logp 0, logp ln 3 -> ratio 3; eps 0.2 -> clip(3) = 1.2. D = 1 (token_mean, 1 token).
+    #   A = -1, no delta : -min(3 * -1, 1.2 * -1) = 3 ; gradient d/dlogp = -A * ratio = 3
+    #   A = -1, delta 2  : -min(2 * -1, 1.2 * -1) = 2 ; the capped ratio is constant -> gradient 0
+    #   A = +1, delta 2  : -min(2 * 1, 1.2 * 1) = -1.2 either way (the PPO clip already binds)
+    def run(adv: float, delta: float | None):
+        logp = torch.tensor([[math.log(3.0)]], requires_grad=True)
+        cfg = PolicyLossConfig(aggregation="token_mean", clip_delta=delta)
+        out = policy_loss(logp, torch.zeros(1, 1), torch.tensor([adv]), torch.ones(1, 1), 1.0, cfg)
+        out.loss.backward()
+        return out.loss.item(), logp.grad.item(), out.metrics["clip/fraction"]
+
+    assert run(-1.0, None) == pytest.approx((3.0, 3.0, 0.0))
+    assert run(-1.0, 2.0) == pytest.approx((2.0, 0.0, 1.0))
+    assert run(1.0, 2.0) == pytest.approx((-1.2, 0.0, 1.0))
+    with pytest.raises(ValueError):
+        PolicyLossConfig(clip_delta=1.0)
+
+
+def test_bias_corrected_kl():
+    # logp -1, old -1.5, ref -2: ratio = exp(0.5) = 1.6487213; k3 = exp(-1) + 1 - 1 = 0.3678794
+    #   corrected KL = 1.6487213 * 0.3678794 = exp(-0.5) = 0.6065307; beta 0.1, A = 0 -> loss = 0.06065307
+    #   f(l) = exp(l - old) * (exp(r - l) - (r - l) - 1);  f'(l) = ratio * k3 + ratio * (1 - exp(r - l))
+    #        = ratio * (0.3678794 + 1 - 0.3678794) = ratio = 1.6487213 ; x beta 0.1 = 0.16487213
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    cfg = PolicyLossConfig(aggregation="token_mean", kl_beta=0.1, kl_bias_correction=True)
+    out = policy_loss(logp, torch.tensor([[-1.5]]), torch.tensor([0.0]), torch.ones(1, 1), 1.0, cfg,
+                      ref_logprobs=torch.tensor([[-2.0]]))
+    out.loss.backward()
+    assert out.metrics["kl/mean"] == pytest.approx(math.exp(-0.5), rel=1e-6)
+    assert out.loss.item() == pytest.approx(0.1 * math.exp(-0.5), rel=1e-6)
+    assert logp.grad.item() == pytest.approx(0.1 * math.exp(0.5), rel=1e-5)
+    plain = policy_loss(logp.detach(), torch.tensor([[-1.5]]), torch.tensor([0.0]), torch.ones(1, 1), 1.0,
+                        PolicyLossConfig(aggregation="token_mean", kl_beta=0.1), ref_logprobs=torch.tensor([[-2.0]]))
+    assert plain.metrics["kl/mean"] == pytest.approx(math.exp(-1.0), rel=1e-6)  # uncorrected k3

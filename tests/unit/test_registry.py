@@ -1,3 +1,5 @@
+import math
+
 import pytest
 
 from rlcadence.verifiers.base import VerifierResult
@@ -90,3 +92,12 @@ def test_other_errors():
         get_verifier("nope")
     with pytest.raises(ValueError, match="not of the form"):
         load_function("module:")
+
+
+def none_verifier(completions, golds):
+    return [None if c == "?" else 1.0 for c in completions]
+
+
+def test_a_none_reward_is_nan_with_its_detail():
+    [a, b] = get_verifier(f"{__name__}:none_verifier", use_pool=False)(["?", "x"], ["1", "1"])
+    assert math.isnan(a.reward) and a.detail == "no reward (None)" and b == VerifierResult(1.0, "ok")
