@@ -1,7 +1,10 @@
 """Fail points for crash tests: ``RLCADENCE_CRASH_AT=<point>:<step>`` SIGKILLs this process there.
 
 Points: ``generate`` (inside generation, after sampling started), ``write:<table>`` (half-way through
-writing a Parquet file: a temp file with half the bytes is left behind, never renamed). A real SIGKILL,
+writing a Parquet file: a temp file with half the bytes is left behind, never renamed), ``write:checkpoint``
+(half-way through publishing checkpoint ``step``: a temp directory, or on S3 objects without their
+``_COMPLETE`` marker, is left behind), ``startup:0`` (the CLI, right after it recorded the run, before
+Prefect or any model starts). A real SIGKILL,
 so nothing is flushed or cleaned up, exactly like an OOM kill or a lost machine.
 """
 
@@ -37,3 +40,12 @@ def maybe_crash_mid_write(loc, parts: tuple[str, ...], payload: bytes, *, table:
     with loc.fs.open_output_stream(tmp) as f:
         f.write(payload[: len(payload) // 2])
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def maybe_crash_in_dir(parts: tuple[str, ...], written: int, total: int) -> None:
+    """Die half-way through publishing checkpoint ``step`` (``write:checkpoint:<step>``)."""
+    if parts[:1] != ("checkpoints",) or written != max(total // 2, 1):
+        return
+    step = parts[-1].removeprefix("step-")
+    if step.isdigit() and _armed("write:checkpoint", int(step)):
+        os.kill(os.getpid(), signal.SIGKILL)
