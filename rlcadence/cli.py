@@ -260,7 +260,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--store", default=DEFAULT_STORE)
     q.add_argument("--format", choices=["table", "csv", "json"], default="table")
     q.set_defaults(fn=cmd_sql)
-    ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
+    ls = sub.add_parser("runs", help="list runs with their last step and key metrics; marks runs whose process is gone crashed")
     ls.add_argument("--store", default=DEFAULT_STORE)
     ls.set_defaults(fn=cmd_runs)
     ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
