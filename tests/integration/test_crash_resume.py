@@ -30,7 +30,7 @@ ENTRYPOINT = "rlcadence.flows.rl:rl"
 
 def _config(tmp: Path, seed_model: Path, store: str) -> Path:
     return write_config(tmp, small_config(seed_model, store, steps=STEPS, prompts_per_step=M, group_size=G,
-                                          eval_every=10, eval_size=20))
+                                          eval_every=2, eval_size=20))
 
 
 @pytest.fixture(scope="module")
