@@ -105,11 +105,15 @@ class StoreLocation:
                 n += 1
         return n
 
-    def sweep_temp_dirs(self, *parts: str, name_prefix: str = TMP_PREFIX) -> int:
-        """Remove temp directories a killed ``put_dir`` left directly below ``parts``; returns how many."""
+    def sweep_temp_dirs(self, *parts: str, of: str | None = None) -> int:
+        """Remove temp directories a killed ``put_dir`` left directly below ``parts`` (``of``: only those
+        of the directory named so, ``.<of>.<uuid hex>.tmp``); returns how many."""
+        import re
+
+        pattern = re.compile(rf"\.{re.escape(of)}\.[0-9a-f]{{32}}\.tmp" if of else r"\..*\.tmp")
         n = 0
         for name in self.list_dirs(*parts):
-            if name.startswith(TMP_PREFIX) and name.startswith(name_prefix) and name.endswith(".tmp"):
+            if pattern.fullmatch(name):
                 self.fs.delete_dir(self.path(*parts, name))
                 n += 1
         return n

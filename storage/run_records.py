@@ -189,6 +189,7 @@ def release(run_id: str) -> None:
         hb = _HELD.pop(run_id, None)
     if hb is not None:
         hb.stop()
+        hb._thread.join(timeout=30)  # a beat half-written at exit would leave a temp file behind
 
 
 def sweep_run_temp(loc: StoreLocation, run_id: str) -> int:
@@ -198,7 +199,7 @@ def sweep_run_temp(loc: StoreLocation, run_id: str) -> int:
     for parts in (("rollouts", f"run_id={run_id}"), ("metrics", f"run_id={run_id}"),
                   ("rejected", f"run_id={run_id}"), ("runs", f"run_id={run_id}"), ("staging", run_id)):
         n += loc.sweep_temp_files(*parts) + loc.abort_uploads(loc.path(*parts) + "/")
-    n += loc.sweep_temp_dirs("models", name_prefix=f".{run_id}.")
+    n += loc.sweep_temp_dirs("models", of=run_id)
     n += loc.sweep_incomplete_dirs("models", only=run_id)
     n += loc.abort_uploads(loc.path("models", run_id) + "/")
     return n

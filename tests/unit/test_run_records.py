@@ -96,9 +96,10 @@ def test_sweeps_remove_every_temp_artifact_and_nothing_else(loc, tmp_path):
         root / "metrics/run_id=r/step=2/.part-0.parquet.abc.tmp",
         root / "staging/r/step=2/.generated.parquet.abc.tmp",
         root / "runs/run_id=r/.x-running.parquet.abc.tmp",
-        root / "models/.r.abc.tmp/model.safetensors",
+        root / f"models/.r.{'a' * 32}.tmp/model.safetensors",
     ]
-    kept = [root / "models/.other.abc.tmp/x", root / "rollouts/run_id=other/step=0/.p.abc.tmp"]  # other runs
+    kept = [root / f"models/.other.{'a' * 32}.tmp/x", root / f"models/.r.b.{'a' * 32}.tmp/x",  # other runs
+            root / "rollouts/run_id=other/step=0/.p.abc.tmp"]
     for p in leftovers + kept:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"half")
