@@ -3,6 +3,8 @@ marker, unfinished multipart uploads) is swept when the run is taken over; compl
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from rlcadence.storage import run_records
@@ -32,3 +34,16 @@ def test_sweep_removes_incomplete_checkpoints_and_unfinished_uploads(s3_env, s3_
     assert checkpoint_steps(loc, "r") == [1] and loc.list_dirs("checkpoints", "r") == ["step-000001"]
     left = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
     assert left == [uploads[-1]]  # another run's upload is not ours to abort
+
+
+def test_heartbeat_round_trip_on_s3(s3_env):
+    """A run never held has no holder at once (a missing key is no transient error to retry)."""
+    loc = open_location(s3_env)
+    t0 = time.monotonic()
+    assert run_records.read_holder(loc, "r") is None
+    assert time.monotonic() - t0 < 1.0
+    run_records.hold(loc, "r")
+    try:
+        assert run_records.read_holder(loc, "r").is_me()
+    finally:
+        run_records.release("r")
