@@ -15,6 +15,7 @@ from rlcadence.environments.datasets import DatasetError
 from rlcadence.presets import PRESETS
 from rlcadence.run_identity import RunIdentityError
 from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
+from rlcadence.storage.run_records import RunBusy
 from rlcadence.storage.s3 import StoreError
 
 
@@ -130,10 +131,29 @@ def cmd_run(args) -> int:
     preflight_environments(config)
     loc = config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     config = checked_identity(config, loc, args.force_new)
-    from rlcadence.flows.rl import rl
+    if config.run_id is None:  # the id is fixed now, so the record below names the run a resume continues
+        from rlcadence.storage.run_records import new_run_id
 
-    summary = rl(config)
-    print_summary(summary)
+        config = config.model_copy(update={"run_id": new_run_id(config.algorithm)})
+    return drive(config, loc, record=True)
+
+
+def drive(config: RLConfig, loc, *, record: bool) -> int:
+    """Hold the run (heartbeat), record it (``run``), then run its flow: every kill from here on is resumable."""
+    from rlcadence import faults
+    from rlcadence.storage import run_records
+
+    run_records.hold(loc, config.run_id)
+    try:
+        if record:
+            run_records.record_created(loc, config.run_id, config.model_dump(mode="json"))
+        print(f"run {config.run_id}; if interrupted: rlcadence resume {config.run_id} --store {loc.uri}", flush=True)
+        faults.maybe_crash("startup", 0)
+        from rlcadence.flows.rl import rl
+
+        print_summary(rl(config))
+    finally:
+        run_records.release(config.run_id)
     return 0
 
 
@@ -168,15 +188,14 @@ def print_summary(summary: dict) -> None:
 
 
 def cmd_resume(args) -> int:
-    from rlcadence.flows.rl import rl
+    from rlcadence.storage.run_records import read_params
     from rlcadence.storage.stores import open_location
-    from rlcadence.storage.tables import read_run_params
 
-    params = read_run_params(open_location(args.store), args.run_id)
+    loc = open_location(args.store)
+    params = read_params(loc, args.run_id)  # a run never recorded: one line saying how to start it
     params.pop("model_dir", None)
     config = RLConfig.model_validate(params | {"run_id": args.run_id, "store": args.store})
-    print_summary(rl(config))
-    return 0
+    return drive(config, loc, record=False)  # start-run marks the killed flow and task runs Crashed
 
 
 def open_existing_store(uri: str):
@@ -228,8 +247,11 @@ GROUP BY ALL ORDER BY r.updated_at DESC
 
 def cmd_runs(args) -> int:
     from rlcadence.storage.query import connect, run_sql
+    from rlcadence.tasks.crashed import reap_dead_runs
 
-    con = connect(open_existing_store(args.store))
+    loc = open_existing_store(args.store)
+    reap_dead_runs(loc)  # runs whose process is gone: recorded crashed here, and Crashed in Prefect
+    con = connect(loc)
     views = {r[0] for r in run_sql(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal")[1]}
     if "runs" not in views:
         print(f"no runs in {args.store}")
@@ -293,7 +315,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds before the query is stopped")
     q.add_argument("--memory-limit", default=DEFAULT_MEMORY_LIMIT, help="DuckDB memory limit, e.g. 2GB")
     q.set_defaults(fn=cmd_sql)
-    ls = sub.add_parser("runs", help="list runs with their last step and key metrics")
+    ls = sub.add_parser("runs", help="list runs with their last step and key metrics; marks runs whose process is gone crashed")
     ls.add_argument("--store", default=DEFAULT_STORE)
     ls.set_defaults(fn=cmd_runs)
     ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
@@ -312,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -2,7 +2,10 @@
 process at the first armed point it reaches.
 
 Points: ``generate`` (inside generation, after sampling started), ``write:<table>`` (half-way through
-writing a Parquet file: a temp file with half the bytes is left behind, never renamed). A real SIGKILL,
+writing a Parquet file: a temp file with half the bytes is left behind, never renamed), ``write:checkpoint``
+(half-way through publishing checkpoint ``step``: a temp directory, or on S3 objects without their
+``_COMPLETE`` marker, is left behind), ``startup:0`` (the CLI, right after it recorded the run, before
+Prefect or any model starts). A real SIGKILL,
 so nothing is flushed or cleaned up, exactly like an OOM kill or a lost machine.
 """
 
@@ -53,3 +56,12 @@ def maybe_fail(stage: str, step: object) -> None:
     want_stage, _, want_step = spec.rpartition(":")
     if spec and want_stage == stage and want_step == str(step):
         raise InjectedFailure(f"injected failure in {stage} at step {step}\n(second line, not recorded)")
+
+
+def maybe_crash_in_dir(parts: tuple[str, ...], written: int, total: int) -> None:
+    """Die half-way through publishing checkpoint ``step`` (``write:checkpoint:<step>``)."""
+    if parts[:1] != ("checkpoints",) or written != max(total // 2, 1):
+        return
+    step = parts[-1].removeprefix("step-")
+    if step.isdigit() and _armed("write:checkpoint", int(step)):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -63,3 +63,12 @@ def prune_checkpoints(loc: StoreLocation, run_id: str, keep_latest: int, pinned:
         if s not in pinned:
             loc.delete_dir(*checkpoint_parts(run_id, s, WEIGHTS))
     return removed
+
+
+def sweep_checkpoint_temp(loc: StoreLocation, run_id: str) -> int:
+    """Remove what a killed checkpoint write of ``run_id`` left: local temp directories
+    (``.step-NNNNNN.<uuid>.tmp``), S3 directories without their ``_COMPLETE`` marker and S3 unfinished
+    multipart uploads. Returns how many. Only while no process writes the run (resume, retry)."""
+    n = loc.sweep_temp_dirs("checkpoints", run_id) + loc.sweep_temp_files("checkpoints", run_id)
+    n += loc.sweep_incomplete_dirs("checkpoints", run_id)
+    return n + loc.abort_uploads(loc.path("checkpoints", run_id) + "/")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from rlcadence import faults
+
 TMP_PREFIX = "."  # pyarrow datasets and `*.parquet` globs both ignore dot-files
 
 
@@ -103,6 +105,28 @@ class StoreLocation:
                 n += 1
         return n
 
+    def sweep_temp_dirs(self, *parts: str, of: str | None = None) -> int:
+        """Remove temp directories a killed ``put_dir`` left directly below ``parts`` (``of``: only those
+        of the directory named so, ``.<of>.<uuid hex>.tmp``); returns how many."""
+        import re
+
+        pattern = re.compile(rf"\.{re.escape(of)}\.[0-9a-f]{{32}}\.tmp" if of else r"\..*\.tmp")
+        n = 0
+        for name in self.list_dirs(*parts):
+            if pattern.fullmatch(name):
+                self.fs.delete_dir(self.path(*parts, name))
+                n += 1
+        return n
+
+    def sweep_incomplete_dirs(self, *parts: str, only: str | None = None) -> int:
+        """Remove directories below ``parts`` that a killed ``put_dir`` left without their ``_COMPLETE``
+        marker (``only``: just that one). Locally a directory is published by one rename, so none exist."""
+        return 0
+
+    def abort_uploads(self, prefix: str, exact: bool = False) -> int:
+        """Abort unfinished multipart uploads under ``prefix``; a local store has none."""
+        return 0
+
     # -- whole directories (checkpoints, models) ----------------------------------------------
     def put_dir(self, local_dir: Path, *parts: str) -> str:
         """Publish a local directory under ``parts`` atomically: it appears complete or not at all.
@@ -117,10 +141,11 @@ class StoreLocation:
             os.makedirs(parent, exist_ok=True)
             tmp = posixpath.join(parent, f"{TMP_PREFIX}{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
             os.makedirs(tmp)
-            for src in files:
+            for i, src in enumerate(files):
                 dst = Path(tmp) / src.relative_to(local_dir)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.write_bytes(src.read_bytes())
+                faults.maybe_crash_in_dir(parts, i + 1, len(files))
             (Path(tmp) / "_COMPLETE").write_text("ok")
             if os.path.exists(final):
                 import shutil
@@ -128,9 +153,10 @@ class StoreLocation:
                 shutil.rmtree(final)
             os.replace(tmp, final)
             return final
-        for src in files:
+        for i, src in enumerate(files):
             with self.fs.open_output_stream(posixpath.join(final, src.relative_to(local_dir).as_posix())) as f:
                 f.write(src.read_bytes())
+            faults.maybe_crash_in_dir(parts, i + 1, len(files))
         with self.fs.open_output_stream(posixpath.join(final, "_COMPLETE")) as f:
             f.write(b"ok")
         return final

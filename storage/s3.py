@@ -298,6 +298,16 @@ class S3StoreLocation(StoreLocation):
             cleanup=lambda: self.abort_uploads(self.path(*parts) + "/"),
         )
 
+    def sweep_incomplete_dirs(self, *parts: str, only: str | None = None) -> int:
+        """Delete directories below ``parts`` without a ``_COMPLETE`` marker: a killed ``put_dir`` uploaded
+        some of their files, and readers never trust them. Only safe while no one writes the run."""
+        n = 0
+        for name in self.list_dirs(*parts):
+            if (only is None or name == only) and not self.dir_complete(*parts, name):
+                self._retrying(f"sweep {self.uri_of(*parts, name)}", lambda name=name: self.delete_dir(*parts, name))
+                n += 1
+        return n
+
     def abort_uploads(self, prefix: str, exact: bool = False) -> int:
         """Abort unfinished multipart uploads under ``bucket/prefix`` (or of exactly that key); best effort.
 

@@ -5,22 +5,21 @@ Neither is cached: a retried or resumed flow run must re-read where the run stan
 
 from __future__ import annotations
 
-import random
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect import runtime, task
+from prefect import get_run_logger, runtime, task
 from prefect.cache_policies import NO_CACHE
 
 from rlcadence.config import RLConfig
 from rlcadence.environments.datasets import rejected_to_arrow
 from rlcadence.run_state import RunState
-from rlcadence.storage import tables
-from rlcadence.storage.checkpoints import checkpoint_steps
+from rlcadence.storage import run_records, tables
+from rlcadence.storage.checkpoints import checkpoint_steps, sweep_checkpoint_temp
+from rlcadence.tasks.crashed import mark_crashed
 from rlcadence.trainer.checkpoint import TrainerState
 
 
@@ -31,8 +30,7 @@ class RunStart:
 
 
 def new_run_id(cfg: RLConfig) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.algorithm}-{stamp}-{random.Random().getrandbits(24):06x}"
+    return run_records.new_run_id(cfg.algorithm)
 
 
 def init_run(run: RunState, model_dir: Path) -> RunStart:
@@ -45,8 +43,8 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     loc, run_id = run.loc, run.run_id
-    loc.sweep_temp_files("rollouts", f"run_id={run_id}")
-    loc.sweep_temp_files("metrics", f"run_id={run_id}")
+    run_records.sweep_run_temp(loc, run_id)  # rollouts, metrics, rejected, runs, staging, final model
+    sweep_checkpoint_temp(loc, run_id)
     if 0 not in checkpoint_steps(loc, run_id):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=run.dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -61,6 +59,9 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
     start = max(done) + 1 if done else 0
     if not [s for s in checkpoint_steps(loc, run_id) if s <= start]:
         raise RuntimeError(f"run {run_id}: no checkpoint at or before step {start} in {loc.uri}; cannot resume")
+    for name in loc.list_dirs("staging", run_id):  # staging of committed steps (a kill inside commit)
+        if name.startswith("step=") and int(name.removeprefix("step=")) < start:
+            loc.delete_dir("staging", run_id, name)
     return RunStart(run_id, start)
 
 
@@ -80,6 +81,11 @@ def _params(run: RunState, **extra) -> dict:
 
 @task(name="start-run", retries=1, cache_policy=NO_CACHE)
 def start_run(run: RunState, model_dir: str) -> RunStart:
+    """Take the run over (refused while another live process holds it), mark what a killed process of
+    it left Running in Prefect as Crashed, then record it running and find where it continues."""
+    run_records.hold(run.loc, run.run_id)
+    mark_crashed(run.run_id, current_flow_run_id=str(runtime.flow_run.id or "") or None,
+                 current_task_run_id=str(runtime.task_run.id or "") or None, say=get_run_logger().info)
     tables.write_run_status(run.loc, run.run_id, "running", _params(run, model_dir=model_dir),
                             flow_run_id=str(runtime.flow_run.id or ""))
     return init_run(run, Path(model_dir))
@@ -90,6 +96,7 @@ def finish_run(run: RunState, summary: dict) -> dict:
     summary["final_model"] = export_final_model(run, run.config.steps)
     extra = {k: v for k, v in summary.items() if k != "run_id"}
     tables.write_run_status(run.loc, run.run_id, "completed", _params(run), flow_run_id=str(runtime.flow_run.id or ""), **extra)
+    run_records.release(run.run_id)
     return summary
 
 
