@@ -41,17 +41,25 @@ def split_causal_lm(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.M
 
 
 def _chunk(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor,
-           want_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob of each target and (no grad) entropy for one chunk: hidden [C, H], targets [C]."""
+           entropy_out: _Once | None) -> torch.Tensor:
+    """Log-prob of each target for one chunk: hidden [C, H], targets [C] -> [C].
+
+    With ``entropy_out``, the first call also appends the chunk's entropy (no grad) to it; the recompute
+    in backward (a second call) skips it, so entropy costs one pass, not two.
+    """
     logits = head(hidden).float()  # [C, V]
     lse = torch.logsumexp(logits, dim=-1)  # [C]
     logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse  # [C]
-    if not want_entropy:
-        return logp, None
-    with torch.no_grad():
-        # H = -sum p log p = lse - sum p * logits
-        entropy = lse - (torch.softmax(logits, dim=-1) * logits).sum(-1)  # [C]
-    return logp, entropy
+    if entropy_out is not None and not entropy_out.done:
+        with torch.no_grad():  # H = -sum p log p = lse - sum p * logits
+            entropy_out.append(lse - (torch.softmax(logits, dim=-1) * logits).sum(-1))  # [C]
+    return logp
+
+
+class _Once(list):
+    """A list that ``_chunk`` fills on its first call only (``done`` is set once it has)."""
+
+    done = False
 
 
 def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -73,11 +81,14 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
     logps, entropies = [], []
     for start in range(0, targets.shape[0], chunk_tokens):
-        args = (head, picked_hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens], entropy)
+        sink = _Once() if entropy else None
+        args = (head, picked_hidden[start:start + chunk_tokens], targets[start:start + chunk_tokens], sink)
         # backward recomputes this chunk's [C, V] logits rather than keeping them alive
-        lp, ent = checkpoint(_chunk, *args, use_reentrant=False, preserve_rng_state=False) if recompute else _chunk(*args)
-        logps.append(lp)
-        entropies.append(ent)
+        logps.append(checkpoint(_chunk, *args, use_reentrant=False, preserve_rng_state=False) if recompute
+                     else _chunk(*args))
+        if sink is not None:
+            sink.done = True
+            entropies += sink
     zeros = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)  # [N, T-1]
     if not logps:  # nothing to score: a zero loss that backward() still accepts
         return zeros.requires_grad_(torch.is_grad_enabled()), (zeros.clone() if entropy else None)
