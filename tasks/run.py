@@ -33,6 +33,14 @@ def new_run_id(cfg: RLConfig) -> str:
     return f"{cfg.algorithm}-{stamp}-{random.Random().getrandbits(24):06x}"
 
 
+def stable_run_id(config: RLConfig) -> str:
+    """The run id survives a Prefect retry of the same flow run (same flow-run id -> same run)."""
+    if config.run_id:
+        return config.run_id
+    fr = runtime.flow_run.id
+    return f"{config.algorithm}-{str(fr)[:8]}" if fr else new_run_id(config)
+
+
 def init_run(run: RunState, model_dir: Path) -> RunStart:
     """Create checkpoint 0 from the seed model (once), and find where the run continues.
 
