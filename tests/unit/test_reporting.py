@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rlcadence.config import RLConfig
 from rlcadence.reporting.summary import config_diff, flatten, stage_seconds, summary_markdown
+from rlcadence.reporting.terminal import TerminalProgress
 from rlcadence.tasks.artifacts import artifact_key, table_rows
 from rlcadence.tasks.stage import stage_run_name
 from rlcadence.tasks.ui import cadence, run_name, run_tags
@@ -48,3 +49,42 @@ def test_table_keeps_eval_steps_and_the_last():
     cfg = RLConfig(steps=5, eval_every=2)
     rows = [{"step": s, "reward_mean": s / 10} for s in range(5)]
     assert [r["step"] for r in table_rows(rows, cfg)] == [1, 3, 4]
+
+
+def test_schedules_are_slugged_by_their_cadence():
+    from pathlib import Path
+
+    import yaml
+    from prefect.cli.deploy._models import DeploymentConfig
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())
+    rl = next(d for d in doc["deployments"] if d["name"] == "rl")
+    DeploymentConfig.model_validate(rl)  # what `prefect deploy` accepts (no unknown schedule keys)
+    seen = []
+    for sched in rl["schedules"]:
+        name = cadence(sched["parameters"]["config"]["sync_every"])
+        assert sched["slug"].startswith(name), (sched["slug"], name)
+        assert sched["slug"] in rl["description"]
+        seen.append(name)
+    assert seen == ["online", "semi-online", "offline"]
+
+
+def test_terminal_progress_only_on_a_tty():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    plain = io.StringIO()
+    bar = TerminalProgress(10, 0, "grpo s=1 · r", stream=plain)
+    bar.update(3, 0.5, 0.25)
+    bar.close()
+    assert not bar.active and plain.getvalue() == ""  # logs and workers get the flow's plain lines
+    tty = Tty()
+    bar = TerminalProgress(10, 2, "grpo s=1 · r", stream=tty)
+    assert bar.active
+    bar.update(5, 0.5, 0.25)
+    bar.close()
+    out = tty.getvalue()
+    assert "5/10" in out and "reward 0.500" in out and "held-out 25.0%" in out
