@@ -37,6 +37,9 @@ def _draw(ax, series: dict[str, list[dict]], column: str, title: str) -> None:
         if xs:
             ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, linewidth=1.2, label=label)
             drawn = True
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step", fontsize=8)
     ax.tick_params(labelsize=7)
@@ -55,13 +58,12 @@ def _png(fig) -> bytes:
 def metrics_figure(series: dict[str, list[dict]], title: str = "", dpi: int = 80) -> bytes:
     """One PNG with the six panels; ``series`` maps a run's label to its metric rows."""
     plt = _pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4), dpi=dpi)
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4), dpi=dpi, layout="constrained")
     for ax, (column, name) in zip(axes.flat, PANELS, strict=True):
         _draw(ax, series, column, name)
     handles, labels = axes.flat[0].get_legend_handles_labels()
     if len(series) > 1 and handles:
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
-        fig.subplots_adjust(bottom=0.16)
+        fig.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11)
     return _png(fig)
@@ -70,7 +72,7 @@ def metrics_figure(series: dict[str, list[dict]], title: str = "", dpi: int = 80
 def panel_figure(series: dict[str, list[dict]], column: str, title: str, dpi: int = 100) -> bytes:
     """One panel alone (the report writes one PNG per metric)."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=dpi)
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=dpi, layout="constrained")
     _draw(ax, series, column, title)
     if len(series) > 1:
         ax.legend(fontsize=7)
