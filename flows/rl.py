@@ -77,5 +77,5 @@ def rl(config: RLConfig = RLConfig()) -> dict:
             "steps": config.steps,
         }
         summary = finish_run(run, summary)
-        board.publish()
+        board.close()
         return summary

@@ -7,24 +7,30 @@
   entropy, KL, update sparsity. Prefect 3.8.8's UI renders that image on the artifact's page (measured in
   Chromium: the img element loads, naturalWidth > 0; see tests/integration/test_ui_browser.py).
 
+One flow run makes one artifact per key and updates it in place (a PATCH), so its page shows four cards,
+not one per evaluation; a resumed or retried flow run adds a new version under the same key.
 Artifact calls never fail the run: the UI is a view, the store is the record.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import time
 
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.actions import ArtifactUpdate
 
 from rlcadence.config import RLConfig
 from rlcadence.reporting.summary import config_diff, summary_markdown
+from rlcadence.reporting.terminal import TerminalProgress
 from rlcadence.run_state import RunState
 from rlcadence.storage.history import metric_rows
 from rlcadence.tasks.commit import metrics_columns
@@ -61,10 +67,12 @@ class RunBoard:
         self.before = before.get("eval/accuracy")
         self.rows = metric_rows(run.loc, [run.run_id])[run.run_id] if start_step else []
         self.walls: list[float] = []
+        self._ids: dict[str, object] = {}  # artifact key -> id of this flow run's artifact
         self._t = time.perf_counter()
         if start_step:
             get_run_logger().info(f"run {run.run_id}: resumed at step {start_step}; "
                                   f"{len(self.rows)} steps committed before this flow run")
+        self.terminal = TerminalProgress(self.cfg.steps, start_step, f"{self.cfg.run_label} · {run.run_id}")
         self.progress_id = self._safe(create_progress_artifact, self._percent(), key=self._key("progress"),
                                       description=self._progress_text())
         self.publish()
@@ -76,7 +84,7 @@ class RunBoard:
         try:
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - a UI hiccup must not fail a training run
-            get_run_logger().warning(f"artifact {kwargs.get('key', '')} not written: {err}")
+            get_run_logger().warning(f"artifact not written ({getattr(fn, '__name__', fn)}): {err}")
             return None
 
     def _percent(self) -> float:
@@ -106,11 +114,17 @@ class RunBoard:
         self.walls.append(now - self._t)
         self._t = now
         self.rows.append({"step": step, **metrics_columns(metrics)})
+        self.terminal.update(step + 1, self.rows[-1].get("reward_mean"), self.after)
         if self.progress_id is not None:
             self._safe(update_progress_artifact, self.progress_id, self._percent(), description=self._progress_text())
         if is_eval_step(step, self.cfg):
             self.publish()
         self._t = time.perf_counter()  # the artifacts' own time is not the next step's
+
+    def close(self) -> None:
+        """The final artifacts; the terminal bar stays on screen above the CLI's summary."""
+        self.terminal.close()
+        self.publish()
 
     def publish(self) -> None:
         cfg, run_id = self.cfg, self.run.run_id
@@ -120,17 +134,32 @@ class RunBoard:
             diff=config_diff(cfg, RLConfig()), before=self.before, after=self.after, steps_done=done,
             steps=cfg.steps, resumed_from=self.start_step, rows=self.rows,
             step_wall_s=sum(self.walls) / len(self.walls) if self.walls else None, store=self.run.loc.uri)
-        self._safe(create_markdown_artifact, md, key=self._key("summary"), description=f"{cfg.run_label} · {run_id}")
+        self._safe(self._put, "summary", md, f"{cfg.run_label} · {run_id}")
         table = table_rows(self.rows, cfg)
         if table:
-            self._safe(create_table_artifact, table, key=self._key("metrics"),
-                       description=f"metrics every {cfg.eval_every} steps")
+            self._safe(self._put, "metrics", table, f"metrics every {cfg.eval_every} steps")
         if self.rows:
             self._safe(self._plots)
+
+    def _put(self, what: str, data: str | list[dict], description: str) -> None:
+        """Create this flow run's artifact for ``what`` once, then update it in place."""
+        key = self._key(what)
+        if key not in self._ids:
+            create = create_markdown_artifact if isinstance(data, str) else create_table_artifact
+            self._ids[key] = create(data, key=key, description=description)
+            return
+        payload = data if isinstance(data, str) else json.dumps(_finite(data))
+        with get_client(sync_client=True) as client:
+            client.update_artifact(self._ids[key], ArtifactUpdate(data=payload, description=description))
 
     def _plots(self) -> None:
         from rlcadence.reporting.plots import data_uri, metrics_figure
 
         png = metrics_figure({self.run.run_id: self.rows}, title=f"{self.cfg.run_label} · {self.run.run_id}")
-        create_markdown_artifact(f"![{self.run.run_id} curves]({data_uri(png)})\n", key=self._key("plots"),
-                                 description="reward, held-out accuracy, length, entropy, KL, sparsity")
+        self._put("plots", f"![{self.run.run_id} curves]({data_uri(png)})\n",
+                  "reward, held-out accuracy, length, entropy, KL, sparsity")
+
+
+def _finite(rows: list[dict]) -> list[dict]:
+    """JSON has no NaN: the UI's table shows None instead (as create_table_artifact does)."""
+    return [{k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in r.items()} for r in rows]

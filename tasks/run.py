@@ -81,14 +81,14 @@ def _params(run: RunState, **extra) -> dict:
     return run.config.model_dump(mode="json") | {"run_id": run.run_id, **extra}
 
 
-@task(name="start-run", retries=1, cache_policy=NO_CACHE)
+@task(name="start-run", task_run_name="start-run", retries=1, cache_policy=NO_CACHE)
 def start_run(run: RunState, model_dir: str) -> RunStart:
     tables.write_run_status(run.loc, run.run_id, "running", _params(run, model_dir=model_dir),
                             flow_run_id=str(runtime.flow_run.id or ""))
     return init_run(run, Path(model_dir))
 
 
-@task(name="finish-run", cache_policy=NO_CACHE)
+@task(name="finish-run", task_run_name="finish-run", cache_policy=NO_CACHE)
 def finish_run(run: RunState, summary: dict) -> dict:
     summary["final_model"] = export_final_model(run, run.config.steps)
     extra = {k: v for k, v in summary.items() if k != "run_id"}
