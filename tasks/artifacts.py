@@ -18,6 +18,7 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 from prefect import get_client, get_run_logger
 from prefect.artifacts import (
@@ -31,7 +32,7 @@ from prefect.client.schemas.actions import ArtifactUpdate
 from rlcadence.config import RLConfig
 from rlcadence.reporting.summary import config_diff, summary_markdown
 from rlcadence.reporting.terminal import TerminalProgress
-from rlcadence.run_state import RunState
+from rlcadence.run_state import CACHE_ROOT, RunState
 from rlcadence.storage.history import metric_rows
 from rlcadence.tasks.commit import metrics_columns
 from rlcadence.tasks.ui import cadence
@@ -72,6 +73,7 @@ class RunBoard:
         if start_step:
             get_run_logger().info(f"run {run.run_id}: resumed at step {start_step}; "
                                   f"{len(self.rows)} steps committed before this flow run")
+        self.tensorboard = _tensorboard(run)
         self.terminal = TerminalProgress(self.cfg.steps, start_step, f"{self.cfg.run_label} · {run.run_id}")
         self.progress_id = self._safe(create_progress_artifact, self._percent(), key=self._key("progress"),
                                       description=self._progress_text())
@@ -114,6 +116,8 @@ class RunBoard:
         self.walls.append(now - self._t)
         self._t = now
         self.rows.append({"step": step, **metrics_columns(metrics)})
+        if self.tensorboard is not None:
+            self.tensorboard.log(step, metrics)
         self.terminal.update(step + 1, self.rows[-1].get("reward_mean"), self.after)
         if self.progress_id is not None:
             self._safe(update_progress_artifact, self.progress_id, self._percent(), description=self._progress_text())
@@ -124,6 +128,8 @@ class RunBoard:
     def close(self) -> None:
         """The final artifacts; the terminal bar stays on screen above the CLI's summary."""
         self.terminal.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         self.publish()
 
     def publish(self) -> None:
@@ -158,6 +164,23 @@ class RunBoard:
         png = metrics_figure({self.run.run_id: self.rows}, title=f"{self.cfg.run_label} · {self.run.run_id}")
         self._put("plots", f"![{self.run.run_id} curves]({data_uri(png)})\n",
                   "reward, held-out accuracy, length, entropy, KL, sparsity")
+
+
+def tensorboard_dir(run: RunState) -> Path:
+    """``<store>/tensorboard/<run_id>`` for a local store; event files cannot append on S3, so the cache there."""
+    if run.loc.is_local:
+        return Path(run.loc.path("tensorboard", run.run_id))
+    return CACHE_ROOT / "tensorboard" / run.run_id
+
+
+def _tensorboard(run: RunState):
+    if "tensorboard" not in run.config.loggers:
+        return None
+    from rlcadence.reporting.tensorboard import TensorBoardLogger
+
+    logger = TensorBoardLogger(tensorboard_dir(run))
+    get_run_logger().info(f"TensorBoard event files: tensorboard --logdir {logger.logdir}")
+    return logger
 
 
 def _finite(rows: list[dict]) -> list[dict]:

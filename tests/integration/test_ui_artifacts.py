@@ -18,7 +18,8 @@ def _artifacts(client, key: str):
 
 
 def test_run_is_named_tagged_and_has_artifacts(prefect_server, seed_model, store, tmp_path):
-    cfg = RLConfig.model_validate(small_config(seed_model, store, run_id="ui-Run_1", sync_every=2, steps=3))
+    cfg = RLConfig.model_validate(small_config(seed_model, store, run_id="ui-Run_1", sync_every=2, steps=3,
+                                                     loggers=["tensorboard"]))
     rl(cfg)
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["grpo s=2 · ui-Run_1"])))
@@ -46,6 +47,14 @@ def test_run_is_named_tagged_and_has_artifacts(prefect_server, seed_model, store
         assert progress.data == 100.0 and progress.description.startswith("step 3/3 · reward ")
         plots = _artifacts(client, "ui-run-1-plots")[0]
         assert plots.data.startswith("![ui-Run_1 curves](data:image/png;base64,iVBOR")
+
+    # loggers: [tensorboard] -> event files of the same metrics beside the store's tables
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(f"{store}/tensorboard/ui-Run_1")
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/mean")] == [0, 1, 2]
+    assert [e.step for e in events.Scalars("eval/accuracy")] == [1, 2]
 
     # the report reads the store alone: two runs of this store on the same axes, HTML + PNGs
     rl(RLConfig.model_validate(small_config(seed_model, store, run_id="ui-off", sync_every="offline", steps=2)))

@@ -88,3 +88,18 @@ def test_terminal_progress_only_on_a_tty():
     bar.close()
     out = tty.getvalue()
     assert "5/10" in out and "reward 0.500" in out and "held-out 25.0%" in out
+
+
+def test_tensorboard_logger_writes_readable_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rlcadence.reporting.tensorboard import TensorBoardLogger
+
+    tb = TensorBoardLogger(tmp_path / "tb")
+    tb.log(0, {"reward/mean": 0.25, "eval/accuracy": 0.5})
+    tb.log(1, {"reward/mean": 0.75})
+    tb.close()
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [(0, 0.25), (1, 0.75)]
+    assert [(e.step, e.value) for e in acc.Scalars("eval/accuracy")] == [(0, 0.5)]
