@@ -90,6 +90,15 @@ def build_flows():
     return {"per-stage": per_stage, "per-step": per_step}
 
 
+def untrained_model() -> str:
+    from rlcadence.models.tiny import TinyModelConfig, build_model, build_tokenizer, save_model
+
+    out = Path(tempfile.mkdtemp(prefix="rlc-untrained-"))
+    tok = build_tokenizer()
+    save_model(build_model(TinyModelConfig(), tok, seed=0), tok, out)
+    return str(out)
+
+
 def summarise(name: str, samples: list[tuple[float, float]], skip: int) -> list[object]:
     body = samples[skip:]  # the first steps warm up the engine, allocator and server
     wall = sum(w for w, _ in body)
@@ -103,13 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--model", help="seed model dir (default: the embedded bootstrap model, cached)")
+    ap.add_argument("--untrained", action="store_true", help="the embedded tiny model's architecture, untrained "
+                    "(same compute per step, no bootstrap wait: overhead does not depend on the weights)")
     ap.add_argument("--variants", default="per-stage,per-step")
     args = ap.parse_args(argv)
     set_threads(1)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from rlcadence.config import RLConfig
 
-    model = args.model or str(seed_model())
+    model = args.model or (untrained_model() if args.untrained else str(seed_model()))
     flows = build_flows()
     rows = []
     for name in args.variants.split(","):
