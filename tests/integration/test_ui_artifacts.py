@@ -8,7 +8,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 from rlcadence.config import RLConfig
 from rlcadence.flows.rl import rl
-from tests.integration.helpers import run_cli, small_config
+from tests.integration.helpers import small_config
 
 pytestmark = pytest.mark.slow
 
@@ -17,7 +17,7 @@ def _artifacts(client, key: str):
     return client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
 
 
-def test_run_is_named_tagged_and_has_artifacts(prefect_server, seed_model, store, tmp_path):
+def test_run_is_named_tagged_and_has_artifacts(prefect_server, seed_model, store, tmp_path, capsys):
     cfg = RLConfig.model_validate(small_config(seed_model, store, run_id="ui-Run_1", sync_every=2, steps=3,
                                                      loggers=["tensorboard"]))
     rl(cfg)
@@ -56,16 +56,18 @@ def test_run_is_named_tagged_and_has_artifacts(prefect_server, seed_model, store
     assert [e.step for e in events.Scalars("reward/mean")] == [0, 1, 2]
     assert [e.step for e in events.Scalars("eval/accuracy")] == [1, 2]
 
-    # the report reads the store alone: two runs of this store on the same axes, HTML + PNGs
-    rl(RLConfig.model_validate(small_config(seed_model, store, run_id="ui-off", sync_every="offline", steps=2)))
+    # the report reads the store alone: two runs of this store on the same axes, HTML + PNGs (in process:
+    # the CLI's entry point, without a second interpreter importing torch)
+    from rlcadence.cli import main
+
+    rl(RLConfig.model_validate(small_config(seed_model, store, run_id="ui-off", sync_every="offline", steps=1)))
     out = tmp_path / "report"
-    done = run_cli("report", "ui-Run_1", "ui-off", "--store", store, "--out", str(out))
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert main(["report", "ui-Run_1", "ui-off", "--store", store, "--out", str(out)]) == 0
     page = (out / "index.html").read_text()
     assert "grpo s=2 · ui-Run_1" in page and "grpo s=offline · ui-off" in page and "2 runs compared" in page
     assert page.count("data:image/png;base64,") == 7  # overview + six panels, inlined: the page stands alone
     for name in ("metrics", "reward_mean", "eval_accuracy", "rollout_mean_length", "train_entropy", "kl_mean",
                  "sparsity_unchanged_vs_last_sync"):
         assert (out / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-    missing = run_cli("report", "no-such-run", "--store", store, "--out", str(out))
-    assert missing.returncode == 2 and "no run 'no-such-run'" in missing.stderr and "Traceback" not in missing.stderr
+    assert main(["report", "no-such-run", "--store", store, "--out", str(out)]) == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
