@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, runtime
+from prefect import flow, get_run_logger, runtime, tags
 
 from rlcadence.config import RLConfig
 from rlcadence.flows.bootstrap import bootstrap
@@ -18,12 +18,16 @@ from rlcadence.models.bootstrap import bootstrap_metrics
 from rlcadence.preflight import check_environments, seed_model_dir
 from rlcadence.run_state import RunState
 from rlcadence.storage.results import result_storage_for
+from rlcadence.tasks.artifacts import RunBoard
 from rlcadence.tasks.commit import commit
 from rlcadence.tasks.evaluate import evaluate
 from rlcadence.tasks.generate import generate
-from rlcadence.tasks.run import failure_recorded, finish_run, new_run_id, start_run
+from rlcadence.tasks.run import failure_recorded, finish_run, stable_run_id, start_run
 from rlcadence.tasks.score import score
 from rlcadence.tasks.train import train
+from rlcadence.tasks.ui import flow_run_name, label_flow_run, run_tags
+
+__all__ = ["rl", "seed_model", "stable_run_id"]
 
 
 def _fmt(evaluated: dict) -> str:
@@ -41,15 +45,7 @@ def seed_model(config: RLConfig) -> str:
     return bootstrap(config.bootstrap, config.store, config.s3)
 
 
-def stable_run_id(config: RLConfig) -> str:
-    """The run id survives a Prefect retry of the same flow run (same flow-run id -> same run)."""
-    if config.run_id:
-        return config.run_id
-    fr = runtime.flow_run.id
-    return f"{config.algorithm}-{str(fr)[:8]}" if fr else new_run_id(config)
-
-
-@flow(name="rlcadence-rl", log_prints=True, persist_result=True)
+@flow(name="rlcadence-rl", flow_run_name=flow_run_name, log_prints=True, persist_result=True)
 def rl(config: RLConfig = RLConfig()) -> dict:
     """Run (or continue) one RL experiment; returns held-out accuracy before and after."""
     log = get_run_logger()
@@ -57,10 +53,12 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     model_dir = seed_model(config)
     results = result_storage_for(config.store, config.s3)
     gen, sc, tr, ev, com = (t.with_options(result_storage=results) for t in (generate, score, train, evaluate, commit))
-    with RunState(config, run_id) as run, failure_recorded(run):
+    with RunState(config, run_id) as run, failure_recorded(run), tags(*run_tags(config)):
         start = start_run(run, model_dir)
+        label_flow_run(config, run_id, resumed=start.start_step > 0 or runtime.flow_run.run_count > 1)
         before = ev(run, 0)
         log.info(f"run {run_id}: start at step {start.start_step}/{config.steps}; held-out accuracy {_fmt(before)}")
+        board = RunBoard(run, start.start_step, before)
         after = before
         for step in range(start.start_step, config.steps):
             generated = gen(run, step)
@@ -68,7 +66,9 @@ def rl(config: RLConfig = RLConfig()) -> dict:
             trained = tr(run, step)
             last = step + 1 == config.steps
             evaluated = ev(run, step + 1) if (step + 1) % config.eval_every == 0 or last else {}
-            com(run, step, {**scored, **trained, **evaluated})
+            metrics = {**scored, **trained, **evaluated}
+            com(run, step, metrics)
+            board.step_done(step, metrics)
             after = evaluated or after
             log.info(f"step {step}: reward {scored['reward/mean']:.3f}" + (f", held-out {_fmt(evaluated)}" if evaluated else ""))
         if start.start_step >= config.steps:
@@ -80,4 +80,6 @@ def rl(config: RLConfig = RLConfig()) -> dict:
             "final_accuracy": after.get("eval/accuracy"),
             "steps": config.steps,
         }
-        return finish_run(run, summary)
+        summary = finish_run(run, summary)
+        board.close()
+        return summary

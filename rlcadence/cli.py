@@ -1,4 +1,4 @@
-"""The ``rlcadence`` command: run, resume, sql, runs, bootstrap, export-prompts."""
+"""The ``rlcadence`` command: run, resume, sql, runs, report, bootstrap, export-prompts."""
 
 from __future__ import annotations
 
@@ -264,6 +264,29 @@ def cmd_runs(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """HTML + PNGs of one run or several on the same axes, from the store alone (works long after the run)."""
+    from rlcadence.reporting.html import write_report
+    from rlcadence.storage.history import metric_rows
+    from rlcadence.storage.stores import open_location
+    from rlcadence.storage.tables import read_run_params
+
+    loc = open_location(args.store)
+    labels = {}
+    for run_id in args.runs:
+        params = read_run_params(loc, run_id)  # an unknown run fails here, naming it and the store
+        labels[run_id] = f"{params.get('algorithm', '?')} s={params.get('sync_every', '?')} · {run_id}"
+    rows = metric_rows(loc, args.runs)
+    empty = [r for r in args.runs if not rows[r]]
+    if empty:
+        raise FileNotFoundError(f"no committed steps for {', '.join(empty)} in store {loc.uri}")
+    title = args.title or (labels[args.runs[0]] if len(args.runs) == 1 else f"{len(args.runs)} runs compared")
+    path = write_report(Path(args.out), {labels[r]: rows[r] for r in args.runs}, title, loc.uri)
+    print(f"report: {path}")
+    print(f"plots:  {Path(args.out) / 'metrics.png'} (+ one PNG per metric)")
+    return 0
+
+
 def cmd_bootstrap(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, None)
     from rlcadence.flows.bootstrap import bootstrap
@@ -318,6 +341,12 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("runs", help="list runs with their last step and key metrics; marks runs whose process is gone crashed")
     ls.add_argument("--store", default=DEFAULT_STORE)
     ls.set_defaults(fn=cmd_runs)
+    rp = sub.add_parser("report", help="HTML + PNG report of runs from the store (several runs: same axes)")
+    rp.add_argument("runs", nargs="+", metavar="RUN")
+    rp.add_argument("--store", default=DEFAULT_STORE)
+    rp.add_argument("--out", default="rlcadence-report", help="output directory (index.html, metrics.png, ...)")
+    rp.add_argument("--title")
+    rp.set_defaults(fn=cmd_report)
     ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
     ex.add_argument("path")
     ex.add_argument("--split", choices=["train", "heldout"], default="heldout")

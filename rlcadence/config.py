@@ -129,6 +129,10 @@ class RLConfig(Strict):
     eval_every: int = Field(50, ge=1, description="Evaluate greedy accuracy on the held-out split every E steps.")
     eval_size: int = Field(500, ge=1, description="Held-out problems per evaluation.")
     eval_sampling: SamplingParams = SamplingParams(temperature=0.0, max_new_tokens=6)
+    loggers: list[Literal["tensorboard"]] = Field(
+        default_factory=list, description="Extra metric sinks besides the store and the Prefect UI. 'tensorboard': "
+        "event files of every step's metrics (torch's SummaryWriter; needs the tensorboard package) under "
+        "<store>/tensorboard/<run_id> for a local store, the local cache for S3.")
     keep_checkpoints: int = Field(2, ge=1, description="Latest checkpoints kept (plus those the generator/ref need).")
     checkpoint_every: int = Field(
         10, ge=1, description="Steps between full trainer checkpoints (model, optimizer, RNG, cursor, versions). "

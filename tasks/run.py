@@ -33,6 +33,14 @@ def new_run_id(cfg: RLConfig) -> str:
     return run_records.new_run_id(cfg.algorithm)
 
 
+def stable_run_id(config: RLConfig) -> str:
+    """The run id survives a Prefect retry of the same flow run (same flow-run id -> same run)."""
+    if config.run_id:
+        return config.run_id
+    fr = runtime.flow_run.id
+    return f"{config.algorithm}-{str(fr)[:8]}" if fr else new_run_id(config)
+
+
 def init_run(run: RunState, model_dir: Path) -> RunStart:
     """Create checkpoint 0 from the seed model (once), and find where the run continues.
 
@@ -79,7 +87,7 @@ def _params(run: RunState, **extra) -> dict:
     return run.config.model_dump(mode="json") | {"run_id": run.run_id, **extra}
 
 
-@task(name="start-run", retries=1, cache_policy=NO_CACHE)
+@task(name="start-run", task_run_name="start-run", retries=1, cache_policy=NO_CACHE)
 def start_run(run: RunState, model_dir: str) -> RunStart:
     """Take the run over (refused while another live process holds it), mark what a killed process of
     it left Running in Prefect as Crashed, then record it running and find where it continues."""
@@ -91,7 +99,7 @@ def start_run(run: RunState, model_dir: str) -> RunStart:
     return init_run(run, Path(model_dir))
 
 
-@task(name="finish-run", cache_policy=NO_CACHE)
+@task(name="finish-run", task_run_name="finish-run", cache_policy=NO_CACHE)
 def finish_run(run: RunState, summary: dict) -> dict:
     summary["final_model"] = export_final_model(run, run.config.steps)
     extra = {k: v for k, v in summary.items() if k != "run_id"}

@@ -1,4 +1,5 @@
-"""What every stage shares: persisted results cached by (run, step, stage), and retries.
+"""What every stage shares: persisted results cached by (run, step, stage), retries, and a task-run name
+that says the stage and step (``generate[step 12]``), so the UI's run graph reads as the loop.
 
 A retried or resumed flow run gets its completed stages back as Cached and re-runs the rest.
 """
@@ -15,12 +16,24 @@ from prefect.context import TaskRunContext
 from rlcadence import faults
 
 
+def _step_of(params: dict) -> int | None:
+    return params.get("step", params.get("policy_step"))
+
+
 def stage_key(name: str) -> Callable[[TaskRunContext, dict], str]:
     def key(_ctx: TaskRunContext, params: dict) -> str:
-        step = params.get("step", params.get("policy_step"))
-        return f"rlcadence-{params['run'].run_id}-{name}-{step}"
+        return f"rlcadence-{params['run'].run_id}-{name}-{_step_of(params)}"
 
     return key
+
+
+def stage_run_name(name: str) -> Callable[..., str]:
+    """Task-run name ``<stage>[step <t>]`` (Prefect passes the call's parameters)."""
+
+    def run_name(parameters: dict) -> str:
+        return f"{name}[step {_step_of(parameters)}]"
+
+    return run_name
 
 
 def stage(name: str):
@@ -43,7 +56,7 @@ def stage(name: str):
                     err.rlcadence_stage, err.rlcadence_step = name, step
                 raise
 
-        return task(name=name, cache_key_fn=stage_key(name), persist_result=True, retries=2,
-                    retry_delay_seconds=1)(located)
+        return task(name=name, task_run_name=stage_run_name(name), cache_key_fn=stage_key(name),
+                    persist_result=True, retries=2, retry_delay_seconds=1)(located)
 
     return decorate

@@ -43,11 +43,12 @@ def prefect_server():
     port = free_port()
     log = open(_SESSION_DIR / "prefect-server.log", "w")  # noqa: SIM115 - lives as long as the server
     prefect_bin = Path(sys.executable).parent / "prefect"
+    url = f"http://127.0.0.1:{port}/api"
+    # the UI asks PREFECT_UI_API_URL (default: port 4200) for its API: set before the server starts
     proc = subprocess.Popen(
         [str(prefect_bin), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"PREFECT_API_URL": url, "PREFECT_UI_API_URL": url},
     )
-    url = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + 300  # seconds; ~10 s on an idle machine, minutes on a loaded one
     while True:
         try:
