@@ -78,7 +78,8 @@ def token_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     valid = mask > 0  # [N, T-1]
     picked_hidden = hidden[:, :-1][valid]  # [P, H] only positions whose target is scored
     targets = input_ids[:, 1:][valid]  # [P]
-    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad
+    # One chunk holds no more than chunk_tokens x V floats whether kept or recomputed: keep it (no second pass)
+    recompute = torch.is_grad_enabled() and picked_hidden.requires_grad and targets.shape[0] > chunk_tokens
     logps, entropies = [], []
     for start in range(0, targets.shape[0], chunk_tokens):
         sink = _Once() if entropy else None
