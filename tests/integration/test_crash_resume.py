@@ -179,10 +179,10 @@ def test_kill_mid_step_then_prefect_flow_run_retry(reference_run, seed_model, tm
 def test_kill_during_checkpoint_write_leaves_no_temp_dir(reference_run, seed_model, tmp_path):
     store = str(tmp_path / "store")
     crashed = run_cli("run", "--config", str(_config(tmp_path, seed_model, store)), "--run-id", "ckpt",
-                      env={"RLCADENCE_CRASH_AT": "write:checkpoint:3"})
+                      env={"RLCADENCE_CRASH_AT": "write:checkpoint:4"})  # the last step: checkpoint_every=10
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     ckpts = Path(store) / "checkpoints" / "ckpt"
-    assert [p.name for p in ckpts.iterdir() if p.name.startswith(".step-000003.")], "a half-written temp dir"
+    assert [p.name for p in ckpts.iterdir() if p.name.startswith(".step-000004.")], "a half-written temp dir"
     resumed = run_cli("resume", "ckpt", "--store", store)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".")]
