@@ -13,15 +13,15 @@ fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 .venv/bin/rlcadence --help >/dev/null
 # The UI browser test drives Debian's chromium through Playwright (Playwright's own browser download cannot
-# run here). Missing and not installable: stop, naming the fix; RLCADENCE_NO_BROWSER=1 opts out explicitly
-# (then tests/integration/test_ui_browser.py fails, it never skips).
+# run here). Missing and not installable: under CI, stop naming the fix; elsewhere warn (the main job needs
+# no browser; tests/integration/test_ui_browser.py then fails, it never skips). RLCADENCE_NO_BROWSER=1 opts out.
 if ! command -v chromium >/dev/null 2>&1 && [ "${RLCADENCE_NO_BROWSER:-0}" != 1 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
   else
     echo "error: chromium is missing and cannot be installed here (needs apt-get as root):" >&2
     echo "  sudo apt-get install -y chromium, or RLCADENCE_NO_BROWSER=1 bash scripts/setup.sh to skip the UI test's browser" >&2
-    exit 1
+    [ "${CI:-}" = true ] && exit 1
   fi
   command -v chromium >/dev/null 2>&1 || { echo "error: apt-get install chromium did not provide 'chromium'" >&2; exit 1; }
 fi
