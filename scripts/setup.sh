@@ -18,11 +18,11 @@ fi
 if ! command -v chromium >/dev/null 2>&1 && [ "${RLCADENCE_NO_BROWSER:-0}" != 1 ]; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    command -v chromium >/dev/null 2>&1 || { echo "error: apt-get install chromium did not provide 'chromium'" >&2; exit 1; }
   else
     echo "error: chromium is missing and cannot be installed here (needs apt-get as root):" >&2
     echo "  sudo apt-get install -y chromium, or RLCADENCE_NO_BROWSER=1 bash scripts/setup.sh to skip the UI test's browser" >&2
-    [ "${CI:-}" = true ] && exit 1
+    if [ "${CI:-}" = true ]; then exit 1; fi
   fi
-  command -v chromium >/dev/null 2>&1 || { echo "error: apt-get install chromium did not provide 'chromium'" >&2; exit 1; }
 fi
 echo "rlcadence installed in $(pwd)/.venv"
