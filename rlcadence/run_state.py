@@ -168,6 +168,10 @@ class RunState:
     def checkpoint_dir(self, step: int, kind: str = FULL) -> Path:
         return local_checkpoint_dir(self.loc, self.run_id, step, CACHE_ROOT / "checkpoints", kind)
 
+    def weights_dir(self, version: int) -> Path:
+        """A local model directory of policy ``version`` from the store (full or weights-only checkpoint)."""
+        return local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
+
     def _publish(self, snap: Snapshot, step: int, kind: str) -> str:
         with tempfile.TemporaryDirectory(prefix="rlc-ckpt-") as tmp:
             write_snapshot(Path(tmp), snap, self.config.checkpoint_shard_bytes)
@@ -263,8 +267,7 @@ class RunState:
     def _model_at(self, version: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
         weights = self.weights_of(version)
         if weights is None:
-            path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
-            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+            return AutoModelForCausalLM.from_pretrained(self.weights_dir(version), dtype=dtype).to(device)
         model = AutoModelForCausalLM.from_pretrained(self.checkpoint_dir(0), dtype=dtype)
         model.load_state_dict(weights)
         return model.to(device)
@@ -282,8 +285,7 @@ class RunState:
         if self.engine.policy_version != version:
             weights = self.weights_of(version)
             if weights is None:
-                path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
-                self.engine.load_weights(path, version)
+                self.engine.load_weights(self.weights_dir(version), version)
             else:
                 self.engine.load_state_dict(weights, version)
             self._drop_held()
@@ -307,8 +309,7 @@ class RunState:
         if version not in self._bf16:
             weights = self.weights_of(version, engine_ok=True)
             if weights is None:
-                path = local_weights_dir(self.loc, self.run_id, version, CACHE_ROOT / "checkpoints")
-                weights = AutoModelForCausalLM.from_pretrained(path).state_dict()
+                weights = AutoModelForCausalLM.from_pretrained(self.weights_dir(version)).state_dict()
             self._bf16[version] = {k: v.detach().to(torch.bfloat16, copy=True) for k, v in weights.items()}
             for old in [s for s in self._bf16 if s not in (0, version)]:
                 del self._bf16[old]
