@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger, runtime, tags
+from prefect import flow, get_run_logger, runtime
 
 from rlcadence.config import RLConfig
 from rlcadence.flows.bootstrap import bootstrap
@@ -25,7 +25,7 @@ from rlcadence.tasks.generate import generate
 from rlcadence.tasks.run import failure_recorded, finish_run, stable_run_id, start_run
 from rlcadence.tasks.score import score
 from rlcadence.tasks.train import train
-from rlcadence.tasks.ui import flow_run_name, label_flow_run, run_tags
+from rlcadence.tasks.ui import flow_run_name, label_flow_run
 
 __all__ = ["rl", "seed_model", "stable_run_id"]
 
@@ -53,7 +53,9 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     model_dir = seed_model(config)
     results = result_storage_for(config.store, config.s3)
     gen, sc, tr, ev, com = (t.with_options(result_storage=results) for t in (generate, score, train, evaluate, commit))
-    with RunState(config, run_id) as run, failure_recorded(run), tags(*run_tags(config)):
+    # The run's tags go on the flow run only (label_flow_run): a tagged task run costs Prefect a concurrency-slot
+    # API call, which was the largest part of the per-step orchestration overhead (bench/RESULTS.md section 8).
+    with RunState(config, run_id) as run, failure_recorded(run):
         start = start_run(run, model_dir)
         label_flow_run(config, run_id, resumed=start.start_step > 0 or runtime.flow_run.run_count > 1)
         before = ev(run, 0)

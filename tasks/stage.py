@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 from collections.abc import Callable
 
 from prefect import task
 from prefect.context import TaskRunContext
 
 from rlcadence import faults
+
+
+class _QuietCompletions(logging.Filter):
+    """Drops Prefect's "Finished in state Completed()" line: five per step, 80% of a run's log, and each one
+    an API write. Failures, retries and Cached results are still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and str(record.msg).startswith("Finished in state Completed"))
+
+
+QUIET_COMPLETIONS = _QuietCompletions()
+logging.getLogger("prefect.task_runs").addFilter(QUIET_COMPLETIONS)
 
 
 def _step_of(params: dict) -> int | None:

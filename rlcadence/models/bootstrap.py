@@ -21,6 +21,7 @@ from rlcadence.environments.arithmetic import TrainStream, make_splits, verify_s
 from rlcadence.evaluation import heldout_accuracy
 from rlcadence.models.tiny import build_model, build_tokenizer, save_model
 from rlcadence.prompts import encode_prompts
+from rlcadence.reporting.terminal import TerminalProgress
 from rlcadence.trainer.update import build_optimizer, pack, sft_update
 
 
@@ -72,6 +73,7 @@ def train_bootstrap(cfg: BootstrapConfig, out_dir: Path, log=print) -> dict[str,
     end, val_acc, loss = cfg.steps, float("nan"), 0.0
     checking = cfg.target_accuracy is not None  # until the target is hit (then `end` moves up to step + anneal)
     step = 0
+    bar = TerminalProgress(end, 0, "bootstrap SFT")
     while step < end:
         for group in optimizer.param_groups:
             group["lr"] = bootstrap_lr(step, end, cfg)
@@ -86,6 +88,8 @@ def train_bootstrap(cfg: BootstrapConfig, out_dir: Path, log=print) -> dict[str,
                 log(f"bootstrap: target {cfg.target_accuracy} reached at step {step}; annealing until step {end}")
         elif step % 100 == 0:
             log(f"bootstrap SFT step {step}/{end} loss {loss:.3f}")
+        bar.show(step, f"loss {loss:.3f}" + ("" if val_acc != val_acc else f" · validation {100 * val_acc:.1f}%"), total=end)
+    bar.close()
     save_model(model, tokenizer, out_dir)
     acc = _greedy_accuracy(AutoModelForCausalLM.from_pretrained(out_dir), tokenizer, heldout, cfg.environment.digits)
     return {"bootstrap/final_loss": loss, "bootstrap/heldout_accuracy": acc, "bootstrap/steps": float(step),

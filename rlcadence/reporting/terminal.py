@@ -1,4 +1,5 @@
-"""Progress in the terminal: a rich bar (steps, reward, held-out accuracy, ETA) on a TTY, nothing otherwise
+"""Progress in the terminal: a rich bar (steps, reward, held-out accuracy, ETA; or the bootstrap's SFT steps,
+loss and validation accuracy) on a TTY, nothing otherwise
 (a log file or a worker gets the flow's plain ``step k: reward ...`` lines instead)."""
 
 from __future__ import annotations
@@ -28,12 +29,16 @@ class TerminalProgress:
         return self._bar is not None
 
     def update(self, done: int, reward: float | None, heldout: float | None) -> None:
-        if self._bar is None:
-            return
         stats = f"reward {reward:.3f}" if reward is not None else ""
         if heldout is not None:
             stats += f" · held-out {100 * heldout:.1f}%"
-        self._bar.update(self._task, completed=done, stats=stats)
+        self.show(done, stats)
+
+    def show(self, done: int, stats: str, total: int | None = None) -> None:
+        """Any loop's progress (the bootstrap's SFT: its end moves when the validation target is hit)."""
+        if self._bar is None:
+            return
+        self._bar.update(self._task, completed=done, stats=stats, **({} if total is None else {"total": total}))
 
     def close(self) -> None:
         if self._bar is not None:

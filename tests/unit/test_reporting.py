@@ -103,3 +103,33 @@ def test_tensorboard_logger_writes_readable_scalars(tmp_path):
     acc.Reload()
     assert [(e.step, e.value) for e in acc.Scalars("reward/mean")] == [(0, 0.25), (1, 0.75)]
     assert [(e.step, e.value) for e in acc.Scalars("eval/accuracy")] == [(0, 0.5)]
+
+
+def test_terminal_progress_total_can_move():
+    """The bootstrap's end moves when its validation target is hit: the bar follows it."""
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Tty()
+    bar = TerminalProgress(2000, 0, "bootstrap SFT", stream=tty)
+    bar.show(400, "loss 0.700 · validation 31.0%", total=450)
+    bar.close()
+    out = tty.getvalue()
+    assert "400/450" in out and "validation 31.0%" in out
+
+
+def test_completed_task_lines_are_dropped_but_failures_kept():
+    import logging
+
+    from rlcadence.tasks.stage import QUIET_COMPLETIONS
+
+    def record(level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord("prefect.task_runs", level, __file__, 1, msg, None, None)
+
+    assert not QUIET_COMPLETIONS.filter(record(logging.INFO, "Finished in state Completed()"))
+    assert QUIET_COMPLETIONS.filter(record(logging.INFO, "Finished in state Cached(type=COMPLETED)"))
+    assert QUIET_COMPLETIONS.filter(record(logging.ERROR, "Finished in state Failed('boom')"))
+    assert QUIET_COMPLETIONS in logging.getLogger("prefect.task_runs").filters
