@@ -56,15 +56,17 @@ def plan_eval(cfg: EvalConfig) -> EvalPlan:
     """What ``cfg`` evaluates, refused here (one line) when the target, step or a set name is unknown."""
     from rlcadence.models.source import check_model_dir, resolve_model_dir
 
-    loc = open_location(cfg.store, cfg.s3)
+    # a local store that does not exist holds no run, and is not created by a lookup (nor by a refusal)
+    exists = cfg.store.startswith("s3://") or Path(cfg.store).expanduser().is_dir()
+    loc = open_location(cfg.store, cfg.s3) if exists else None
     name, step = parse_target(cfg.model)
     path = Path(cfg.model).expanduser()
     run_config = None
-    if not path.is_dir() and run_records.status_files(loc, name):
+    if not path.is_dir() and loc is not None and run_records.status_files(loc, name):
         target = _run_target(loc, name, step)
         run_config = _run_config(loc, cfg, name)
     elif step is not None and not path.is_dir():
-        raise EvalTargetError(f"no run {name!r} in store {loc.uri} (and no model directory {cfg.model})")
+        raise EvalTargetError(f"no run {name!r} in store {cfg.store} (and no model directory {cfg.model})")
     else:
         model_dir = check_model_dir(resolve_model_dir(cfg.model))  # a missing one: ModelNotFound, named
         target = Target(name=model_dir.name, model_dir=model_dir)
