@@ -73,7 +73,7 @@ class Environment:
 
             return [PromptRow(r.prompt_id, self.spec.name, r.prompt, r.gold)
                     for r in ToyPreferenceEnvironment(seed=self._split_seed).heldout_prompts(n)]
-        return []  # user datasets: evaluate with a separate held-out file (not built in yet)
+        return []  # user datasets: evaluated on their eval sets (spec.eval_sets), not a held-out split
 
     def score(self, prompts: list[str], completions: list[str], golds: list[str | None],
               normalize: bool = True) -> list[VerifierResult]:

@@ -33,7 +33,7 @@ def _environments(tmp_path, **eval_set):
     spec = {"name": "sums_eval", "source": {"path": str(_sums(tmp_path / "eval.jsonl", 6, 1))}, "k": K,
             "sampling": {"preset": "paper_a", "max_new_tokens": 6}, "pass_at": [1, 2, 4], "batch_prompts": 4}
     return [{"name": "arithmetic", "kind": "arithmetic"},
-            {"name": "sums", "kind": "dataset", "verifier": "exact_match",
+            {"name": "sums", "kind": "dataset", "verifier": "tests.fixtures.verifiers:first_digit",
              "source": {"path": str(_sums(tmp_path / "train.jsonl", 40, 0))}, "eval_sets": [spec | eval_set]}]
 
 
@@ -63,6 +63,7 @@ def test_eval_sets_in_a_run_and_reproduced_by_rlcadence_eval(prefect_server, tmp
         assert p1 == pytest.approx(c) and mean == pytest.approx(r) and trunc == pytest.approx(t)
         assert p4 == pytest.approx(any_correct)  # pass@n with n samples: the prompt has a correct one
         assert 0.0 <= maj <= p4 and acc is not None and not math.isnan(acc)
+    assert max(r[2] for r in m) > max(r[1] for r in m) > 0, m  # some correct samples: the checks above bite
     # the main job's held-out evaluation is untouched: greedy, its own split, same figure as without eval sets
     from rlcadence.run_state import RunState
     from rlcadence.tasks.evaluate import evaluate
@@ -72,6 +73,11 @@ def test_eval_sets_in_a_run_and_reproduced_by_rlcadence_eval(prefect_server, tmp
         assert evaluate.fn(run, 4)["eval/accuracy"] == m[-1][-1]
 
     # standalone: step 4 has a checkpoint, step 2 is rebuilt from checkpoint 0 by replay; rows are identical
+    from rlcadence.storage.checkpoints import checkpoint_steps, has_weights
+    from rlcadence.storage.stores import open_location
+
+    assert 4 in checkpoint_steps(open_location(store), "evals")
+    assert not has_weights(open_location(store), "evals", 2)
     for step in (4, 2):
         assert main(["eval", f"evals@{step}", "--store", store]) == 0
         out = capsys.readouterr().out
