@@ -44,8 +44,10 @@ def answer_keys(completions: list[str]) -> list[str | None]:
             keys.append(answer)
         else:
             keys.append((text or "").strip() or None)
-    if todo:
-        results = _pool().run(f"{__name__}:normalized_answer", [(a,) for _, a in todo])
-        for (i, answer), (status, value) in zip(todo, results, strict=True):
-            keys[i] = value if status == "ok" else answer
+    unique = list(dict.fromkeys(a for _, a in todo))  # a prompt's samples often repeat an answer: parse it once
+    if unique:
+        results = _pool().run(f"{__name__}:normalized_answer", [(a,) for a in unique])
+        parsed = {a: value if status == "ok" else a for a, (status, value) in zip(unique, results, strict=True)}
+        for i, answer in todo:
+            keys[i] = parsed[answer]
     return keys
