@@ -29,6 +29,7 @@ def main() -> None:
     args = p.parse_args()
 
     import torch
+    from verifier_throughput import make_answers
 
     from rlcadence.engines.hf import engine_from_model
     from rlcadence.environments.arithmetic import make_splits
@@ -38,7 +39,6 @@ def main() -> None:
     from rlcadence.models.config import TinyModelConfig
     from rlcadence.models.tiny import build_model, build_tokenizer
     from rlcadence.verifiers.answers import answer_keys
-    from verifier_throughput import make_answers
 
     print(f"machine: {platform.machine()}, torch threads {torch.get_num_threads()}, python {platform.python_version()}")
     tok = build_tokenizer()

@@ -93,7 +93,8 @@ def _seed_dir(plan: EvalPlan) -> Path:
         return plan.target.model_dir
     from rlcadence.run_state import RunState
 
-    return RunState(plan.run_config, plan.target.run_id).checkpoint_dir(0)
+    with RunState(plan.run_config, plan.target.run_id) as run:
+        return run.checkpoint_dir(0)
 
 
 def check_eval(cfg: EvalConfig) -> EvalPlan:
@@ -109,13 +110,13 @@ def check_eval(cfg: EvalConfig) -> EvalPlan:
 
 
 def _load(plan: EvalPlan, cfg: EvalConfig):
-    """(model, tokenizer, device, run state or None) of the target."""
+    """(model, tokenizer, device, seed dir, run state or None) of the target."""
     if plan.target.model_dir is None:
         from rlcadence.run_state import RunState
 
         run = RunState(plan.run_config, plan.target.run_id)
         model, tokenizer = run.eval_model(plan.target.step)
-        return model, tokenizer, run.device, run
+        return model, tokenizer, run.device, run.checkpoint_dir(0), run
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -123,7 +124,7 @@ def _load(plan: EvalPlan, cfg: EvalConfig):
 
     device = resolve_device(cfg.device or "auto")
     model = AutoModelForCausalLM.from_pretrained(plan.target.model_dir, dtype=torch.float32).to(device)
-    return model, AutoTokenizer.from_pretrained(plan.target.model_dir), device, None
+    return model, AutoTokenizer.from_pretrained(plan.target.model_dir), device, plan.target.model_dir, None
 
 
 def evaluate_target(cfg: EvalConfig) -> dict:
@@ -133,9 +134,10 @@ def evaluate_target(cfg: EvalConfig) -> dict:
     from rlcadence.evaluation import evaluate_sets
 
     plan = plan_eval(cfg)
-    model, tokenizer, device, run = _load(plan, cfg)
-    envs = open_eval_environments(plan, tokenizer, _seed_dir(plan), str(device))
+    model, tokenizer, device, seed_dir, run = _load(plan, cfg)
+    envs = []
     try:
+        envs = open_eval_environments(plan, tokenizer, seed_dir, str(device))
         engine = engine_from_model(model.eval(), tokenizer, plan.target.step)
         result = evaluate_sets(engine, envs, tokenizer, run_seed=plan.seed, step=plan.target.step,
                                model=plan.target.label, run_id=plan.eval_id)
