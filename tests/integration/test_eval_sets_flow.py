@@ -91,6 +91,16 @@ def test_eval_sets_in_a_run_and_reproduced_by_rlcadence_eval(prefect_server, tmp
     assert main(["eval", "evals@2", "--store", store, "--set", "seed=7", "--eval-id", "seed7"]) == 0
     assert [r[7] for r in _rows(store, "seed7", 2)] != [r[7] for r in _rows(store, "evals", 2)]
 
+    # any model directory: the eval sets come from a config file (an eval-only dataset environment: no training file)
+    envs = _environments(tmp_path)
+    del envs[1]["source"]
+    config = write_config(tmp_path, {"environments": envs}, "evals.json")
+    assert main(["eval", str(seed_model), "--config", str(config), "--store", store, "--eval-id", "seedmodel"]) == 0
+    seed_rows = _rows(store, "seedmodel", 0)
+    assert len(seed_rows) == 6 * K and {r[0] for r in seed_rows} == {str(seed_model.resolve())}
+    # the run's step 0 is the same seed model with the same seed: the same samples
+    assert [r[1:] for r in seed_rows] == [r[1:] for r in _rows(store, "evals", 0)]
+
 
 def test_bad_eval_input_is_refused_before_any_work(tmp_path, seed_model, capsys):
     store = tmp_path / "store"

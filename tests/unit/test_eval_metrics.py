@@ -89,3 +89,29 @@ def test_answer_keys_normalise_with_math_verify():
     assert keys[3] == "357"  # a plain answer (no box, no phrase) is its stripped text
     assert keys[4] is None
     assert keys[5] == keys[6]
+
+
+def test_non_verifiable_eval_set_rows_and_summary(tmp_path):
+    """A toy_pref (scored) eval set through evaluate_sets on a tiny random model: graded rewards, no
+    correctness, no answer keys, and only the mean score in the summary."""
+    from rlcadence.engines.hf import engine_from_model
+    from rlcadence.environments.mix import open_environments
+    from rlcadence.environments.spec import EnvironmentSpec
+    from rlcadence.evaluation import evaluate_sets
+    from rlcadence.models.config import TinyModelConfig
+    from rlcadence.models.tiny import build_model, build_tokenizer
+
+    path = tmp_path / "toy.jsonl"
+    path.write_text('{"prompt": "len:3>"}\n{"prompt": "len:5>"}\n{"prompt": "len:2>"}\n')
+    spec = EnvironmentSpec(name="toy", kind="toy_pref", eval_sets=[
+        {"name": "toy_eval", "source": {"path": str(path)}, "k": 2, "batch_prompts": 2,
+         "sampling": {"preset": "paper_a", "max_new_tokens": 5}}])
+    tok = build_tokenizer()
+    envs = open_environments([spec], 0, 1234, 3, 10, tok, training_rows=False)
+    engine = engine_from_model(build_model(TinyModelConfig(hidden_size=32, intermediate_size=64), tok, 0).eval(), tok, 0)
+    out = evaluate_sets(engine, envs, tok, run_seed=0, step=3, model="m", run_id="r")
+    assert len(out.rows) == 6 and all(r["correct"] is None and r["answer_key"] is None for r in out.rows)
+    assert {r["step"] for r in out.rows} == {3} and len({r["seed"] for r in out.rows}) == 2  # two engine calls
+    mean = sum(r["reward"] for r in out.rows) / 6
+    assert out.metrics["eval/toy_eval/mean_at_2"] == pytest.approx(mean)
+    assert not any("pass_at" in k or "maj_at" in k for k in out.metrics)
