@@ -1,4 +1,4 @@
-"""The ``rlcadence`` command: run, resume, sql, runs, report, bootstrap, export-prompts."""
+"""The ``rlcadence`` command: run, resume, eval, sql, runs, report, bootstrap, export-prompts."""
 
 from __future__ import annotations
 
@@ -7,11 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from rlcadence.config import DEFAULT_STORE, RLConfig
+
+if TYPE_CHECKING:
+    from rlcadence.eval_config import EvalConfig
 from rlcadence.environments.datasets import DatasetError
+from rlcadence.eval_config import EvalTargetError
 from rlcadence.presets import PRESETS
 from rlcadence.run_identity import RunIdentityError
 from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
@@ -198,6 +203,40 @@ def cmd_resume(args) -> int:
     return drive(config, loc, record=False)  # start-run marks the killed flow and task runs Crashed
 
 
+def build_eval_config(args) -> EvalConfig:
+    """``--set NAME`` selects an eval set; ``--set key=value`` overrides an EvalConfig field (as for run)."""
+    from rlcadence.eval_config import EvalConfig
+
+    raw = load_config_file(args.config) if args.config else {}
+    names = []
+    for s in args.set or []:
+        if "=" in s:
+            raw = deep_merge(raw, parse_override(s))
+        else:
+            names.append(s)
+    raw["model"] = args.target
+    if names:
+        raw["sets"] = names
+    for key in ("store", "eval_id"):
+        if getattr(args, key):
+            raw[key] = getattr(args, key)
+    return EvalConfig.model_validate(raw)
+
+
+def cmd_eval(args) -> int:
+    """Evaluate a model directory or a run's checkpoint; everything that can be refused is, before the flow."""
+    from rlcadence.tasks.eval_model import check_eval
+
+    config = build_eval_config(args)
+    plan = check_eval(config)
+    print(f"eval {plan.target.label} -> evals/run_id={plan.eval_id}/step={plan.target.step} in {config.store}",
+          flush=True)
+    from rlcadence.flows.eval import evaluate
+
+    evaluate(config)
+    return 0
+
+
 def open_existing_store(uri: str):
     """The store at ``uri`` for reading; a local path that is not there is an error, never created."""
     from rlcadence.storage.stores import open_location
@@ -331,6 +370,14 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("run_id")
     rs.add_argument("--store", default=DEFAULT_STORE)
     rs.set_defaults(fn=cmd_resume)
+    ev = sub.add_parser("eval", help="evaluate a model dir or a run's checkpoint (RUN@STEP) on eval sets")
+    ev.add_argument("target", metavar="MODEL_OR_RUN[@STEP]")
+    ev.add_argument("--config", help="YAML or JSON file with EvalConfig fields (environments with eval_sets, ...)")
+    ev.add_argument("--set", action="append", metavar="NAME|KEY=VALUE",
+                    help="an eval set to run (repeatable; default: all), or an override such as seed=3")
+    ev.add_argument("--store", help=f"local dir or s3://bucket/prefix (default {DEFAULT_STORE})")
+    ev.add_argument("--eval-id", help="run_id of the rows written (default: <target>-eval-<hash>)")
+    ev.set_defaults(fn=cmd_eval)
     q = sub.add_parser("sql", help="query the store with DuckDB (views: rollouts, metrics, runs, rejected)")
     q.add_argument("query")
     q.add_argument("--store", default=DEFAULT_STORE)
@@ -363,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as err:
         print(format_validation_error(err), file=sys.stderr)
         return 2
-    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError, RunBusy) as err:
+    except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError, RunBusy,
+            EvalTargetError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -176,6 +176,7 @@ class RLConfig(Strict):
         names = [t.name for t in self.environments]
         if len(set(names)) != len(names):
             raise ValueError(f"environments: names must be unique, got {names}")
+        _check_eval_sets(self.environments, training=True)
         if self.prompts_per_step < len(self.environments):
             raise ValueError(f"prompts_per_step={self.prompts_per_step} is smaller than the number of environments")
         if self.algorithm == "dpo" and (self.ppo_epochs > 1 or self.filter.tau is not None):
@@ -190,6 +191,18 @@ class RLConfig(Strict):
     @property
     def run_label(self) -> str:
         return f"{self.algorithm} s={self.sync_every}"
+
+
+def _check_eval_sets(environments: list[EnvironmentSpec], training: bool) -> None:
+    """Eval set names are unique over the environments (they name metric columns); a trained dataset
+    environment needs its training source (an eval-only one is for `rlcadence eval`)."""
+    if training:
+        missing = [e.name for e in environments if e.kind == "dataset" and e.source is None]
+        if missing:
+            raise ValueError(f"environments {missing}: kind=dataset needs a source to train on")
+    names = [s.name for e in environments for s in e.eval_sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"environments.eval_sets: names must be unique over all environments, got {names}")
 
 
 def is_due(step_done: int, every: Cadence) -> bool:

@@ -27,14 +27,18 @@ def max_positions(model_dir: Path) -> int | None:
     return None
 
 
+def model_positions(config: RLConfig, model_dir: Path | None = None) -> int | None:
+    """The seed model's context length (the bootstrap model's from its config)."""
+    if config.model is None:
+        return config.bootstrap.model.max_position_embeddings
+    from rlcadence.models.source import resolve_model_dir
+
+    return max_positions(model_dir if model_dir is not None else resolve_model_dir(config.model))
+
+
 def default_max_prompt_tokens(config: RLConfig, model_dir: Path | None = None) -> int | None:
     """The longest prompt that leaves room for ``sampling.max_new_tokens``: max_position_embeddings - that."""
-    if config.model is None:
-        positions = config.bootstrap.model.max_position_embeddings
-    else:
-        from rlcadence.models.source import resolve_model_dir
-
-        positions = max_positions(model_dir if model_dir is not None else resolve_model_dir(config.model))
+    positions = model_positions(config, model_dir)
     if positions is None:
         return None
     limit = positions - config.sampling.max_new_tokens
@@ -61,14 +65,19 @@ def check_environments(config: RLConfig, model_dir: Path | None = None) -> None:
     """Read and encode every dataset with the model's tokenizer: a bad or over-long row in fail mode, a file
     left with no usable row, or a missing reward-model/judge directory stops here, named."""
     from rlcadence.environments.datasets import load_prompts
+    from rlcadence.environments.eval_sets import load_eval_set
     from rlcadence.models.source import check_model_dir, resolve_model_dir
 
-    sources = [e for e in config.environments if e.source is not None]
+    sources = [e for e in config.environments if e.source is not None or e.eval_sets]
     if sources:
         tokenizer = seed_tokenizer(config, model_dir)
         limit = default_max_prompt_tokens(config, model_dir)
+        positions = model_positions(config, model_dir)
         for env in sources:
-            load_prompts(env.source.model_copy(update={"environment": env.name}), tokenizer, limit)
+            if env.source is not None:
+                load_prompts(env.source.model_copy(update={"environment": env.name}), tokenizer, limit)
+            for eval_set in env.eval_sets:  # a missing gold column or a bad row stops here, naming the file
+                load_eval_set(env.eval_source(eval_set), eval_set, tokenizer, positions)
     for env in config.environments:
         if env.reward_model is not None:
             resolve_model_dir(env.reward_model)

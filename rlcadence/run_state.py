@@ -30,7 +30,7 @@ from rlcadence.config import RLConfig, is_due
 from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.hf import TransformersEngine
 from rlcadence.environments.mix import Environment, open_environments
-from rlcadence.preflight import default_max_prompt_tokens
+from rlcadence.preflight import default_max_prompt_tokens, model_positions
 from rlcadence.storage.checkpoints import (
     FULL,
     WEIGHTS,
@@ -252,6 +252,16 @@ class RunState:
                                                    for k, v in live.model.state_dict().items()}
         return live
 
+    def eval_model(self, step: int) -> tuple[torch.nn.Module, object]:
+        """(model, tokenizer) of the policy after ``step`` updates, for a later evaluation: the stored
+        checkpoint or weights file of that version when there is one, else :meth:`policy_at` (the latest
+        full checkpoint before it plus a replay). Same dtype and device as the trainer's own evaluation."""
+        tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir(0))
+        if has_weights(self.loc, self.run_id, step):
+            model = AutoModelForCausalLM.from_pretrained(self.weights_dir(step), dtype=self.dtype)
+            return model.to(self.device), tokenizer
+        return self.policy_at(step).model, tokenizer
+
     # -- policy versions -----------------------------------------------------------------------
     def weights_of(self, version: int, engine_ok: bool = False) -> dict[str, torch.Tensor] | None:
         """The weights of policy ``version`` from memory, or None when only the store has them."""
@@ -321,5 +331,5 @@ class RunState:
             cfg, arith = self.config, self.config.bootstrap.environment
             self._environments = open_environments(cfg.environments, cfg.seed, arith.split_seed, arith.digits,
                                                    arith.n_heldout, tokenizer, default_max_prompt_tokens(cfg),
-                                                   device=str(self.device))
+                                                   device=str(self.device), positions=model_positions(cfg))
         return self._environments

@@ -1,4 +1,4 @@
-"""Read-only SQL over a store with DuckDB: views ``rollouts``, ``metrics``, ``runs``, ``rejected``.
+"""Read-only SQL over a store with DuckDB: views ``rollouts``, ``metrics``, ``runs``, ``rejected``, ``evals``.
 
 The files are plain hive-partitioned Parquet; any DuckDB or pandas reads them without rlcadence.
 
@@ -34,6 +34,7 @@ PARTITIONS = {
     "metrics": pa.schema([("run_id", pa.string()), ("step", pa.int64())]),
     "runs": pa.schema([("run_id", pa.string())]),
     "rejected": pa.schema([("run_id", pa.string())]),
+    "evals": pa.schema([("run_id", pa.string()), ("step", pa.int64())]),
 }
 
 

@@ -194,9 +194,9 @@ def release(run_id: str) -> None:
 
 def sweep_run_temp(loc: StoreLocation, run_id: str) -> int:
     """Remove every temp file a killed writer of ``run_id`` left outside checkpoints (local temp names,
-    S3 unfinished multipart uploads): rollouts, metrics, rejected, runs, staging and the final model."""
+    S3 unfinished multipart uploads): rollouts, metrics, evals, rejected, runs, staging and the final model."""
     n = 0
-    for parts in (("rollouts", f"run_id={run_id}"), ("metrics", f"run_id={run_id}"),
+    for parts in (("rollouts", f"run_id={run_id}"), ("metrics", f"run_id={run_id}"), ("evals", f"run_id={run_id}"),
                   ("rejected", f"run_id={run_id}"), ("runs", f"run_id={run_id}"), ("staging", run_id)):
         n += loc.sweep_temp_files(*parts) + loc.abort_uploads(loc.path(*parts) + "/")
     n += loc.sweep_temp_dirs("models", of=run_id)

@@ -1,9 +1,10 @@
-"""The three tables of a store: ``rollouts``, ``metrics`` and ``runs`` (plus ``rejected`` dataset rows).
+"""The tables of a store: ``rollouts``, ``metrics``, ``runs`` and ``evals`` (plus ``rejected`` dataset rows).
 
 Layout (hive partitions, one file per (run, step), so a rewrite after a crash replaces, never duplicates)::
 
     rollouts/run_id=<id>/step=<t>/part-0.parquet
     metrics/run_id=<id>/step=<t>/part-0.parquet
+    evals/run_id=<id>/step=<t>/part-0.parquet          (step = policy version: updates applied)
     runs/run_id=<id>/<updated_at>-<status>.parquet     (append-only; the newest row wins)
 
 Partition columns are also stored inside each file, so a single file is self-describing.
@@ -21,7 +22,7 @@ import pyarrow.parquet as pq
 
 from rlcadence.storage.location import StoreLocation
 
-TABLES = ("rollouts", "metrics", "runs", "rejected")
+TABLES = ("rollouts", "metrics", "runs", "rejected", "evals")
 
 ROLLOUT_SCHEMA = pa.schema(
     [
@@ -47,6 +48,35 @@ ROLLOUT_SCHEMA = pa.schema(
         ("kept", pa.bool_()),
         ("generate_seconds", pa.float64()),
         ("score_seconds", pa.float64()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+# One row per (run, step, eval set, prompt, sample): what "which problems did run A fix that run B did not"
+# joins on. ``model`` names the weights evaluated (``run:<id>@<step>`` or a model directory), so the rows of
+# a run's own evaluation and of `rlcadence eval` on its checkpoint (another run_id) can be compared.
+EVALS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("step", pa.int64()),
+        ("model", pa.string()),
+        ("eval_set", pa.string()),
+        ("environment", pa.string()),
+        ("prompt_id", pa.string()),
+        ("sample_index", pa.int32()),
+        ("prompt", pa.string()),
+        ("gold", pa.string()),
+        ("completion", pa.string()),
+        ("completion_tokens", pa.int32()),
+        ("finish_reason", pa.string()),
+        ("truncated", pa.bool_()),
+        ("reward", pa.float64()),
+        ("correct", pa.bool_()),  # reward >= 1; NULL for non-verifiable sets
+        ("verifier_detail", pa.string()),
+        ("answer_key", pa.string()),  # the normalised answer maj@k votes with; NULL for non-verifiable sets
+        ("seed", pa.int64()),
+        ("temperature", pa.float64()),
+        ("top_p", pa.float64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
@@ -78,6 +108,11 @@ def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, dat
 def write_metrics(loc: StoreLocation, run_id: str, step: int, metrics: dict) -> str:
     row = {"run_id": run_id, "step": step, "created_at": utcnow(), **metrics}
     return write_step_table(loc, "metrics", run_id, step, pa.Table.from_pylist([row]))
+
+
+def write_evals(loc: StoreLocation, run_id: str, step: int, rows: list[dict]) -> str:
+    """The evals rows of (run, step): every eval set's samples in one file, like the other per-step tables."""
+    return write_step_table(loc, "evals", run_id, step, pa.Table.from_pylist(rows, schema=EVALS_SCHEMA))
 
 
 def write_run_status(loc: StoreLocation, run_id: str, status: str, params: dict, **extra) -> str:

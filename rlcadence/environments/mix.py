@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from rlcadence.environments.arithmetic import make_splits, verify_sum
 from rlcadence.environments.base import PromptRow
 from rlcadence.environments.datasets import RejectedRow, load_prompts
+from rlcadence.environments.eval_sets import load_eval_set
 from rlcadence.environments.spec import EnvironmentSpec, JudgeSpec  # noqa: F401 - re-exported
 from rlcadence.reward_models import normalize_rewards
 from rlcadence.verifiers.base import VerifierResult
@@ -42,6 +43,7 @@ class Environment:
     spec: EnvironmentSpec
     train_rows: list[PromptRow] | None = None  # dataset environments: all good rows, shuffled by seed
     rejected: list[RejectedRow] = field(default_factory=list)
+    eval_rows: dict[str, list[PromptRow]] = field(default_factory=dict)  # eval set name -> its rows, file order
     _scorer: object | None = None
     _split_seed: int = 0
     _digits: int = 3
@@ -71,9 +73,12 @@ class Environment:
 
             return [PromptRow(r.prompt_id, self.spec.name, r.prompt, r.gold)
                     for r in ToyPreferenceEnvironment(seed=self._split_seed).heldout_prompts(n)]
-        return []  # user datasets: evaluate with a separate held-out file (not built in yet)
+        return []  # user datasets: evaluated on their eval sets (spec.eval_sets), not a held-out split
 
-    def score(self, prompts: list[str], completions: list[str], golds: list[str | None]) -> list[VerifierResult]:
+    def score(self, prompts: list[str], completions: list[str], golds: list[str | None],
+              normalize: bool = True) -> list[VerifierResult]:
+        """Rewards of the completions; ``normalize=False`` skips ``reward_normalization`` (eval sets report
+        raw rewards: a z-scored reward has no pass@k)."""
         if self.spec.kind == "arithmetic":
             results = verify_sum(completions, [g or "" for g in golds])
         elif self.spec.kind == "toy_pref":
@@ -84,7 +89,7 @@ class Environment:
             results = self._combined(completions, [g or "" for g in golds])
         else:
             results = self._get_scorer()(prompts, completions)
-        if self.spec.reward_normalization != "none":
+        if normalize and self.spec.reward_normalization != "none":
             scaled = normalize_rewards([r.reward for r in results], self.spec.reward_normalization)
             results = [VerifierResult(x, r.detail) for x, r in zip(scaled, results, strict=True)]
         return results
@@ -140,19 +145,27 @@ def _judge_scorer(spec: JudgeSpec, device: str):
 
 
 def open_environments(specs: list[EnvironmentSpec], seed: int, split_seed: int, digits: int, n_heldout: int,
-               tokenizer=None, max_prompt_tokens: int | None = None, device: str = "cpu") -> list[Environment]:
+               tokenizer=None, max_prompt_tokens: int | None = None, device: str = "cpu",
+               positions: int | None = None, training_rows: bool = True) -> list[Environment]:
     """Load every environment; dataset files are validated here (fail or skip-and-record, per source).
 
     ``max_prompt_tokens``: the length limit of sources that set none (the model's context minus the
-    completion budget, :func:`rlcadence.preflight.default_max_prompt_tokens`)."""
+    completion budget, :func:`rlcadence.preflight.default_max_prompt_tokens`); ``positions`` (the model's
+    context) gives each eval set its own, less its completion budget. ``training_rows=False``: eval sets
+    only (`rlcadence eval` needs no training file)."""
     live = []
     for spec in specs:
         env = Environment(spec, _split_seed=split_seed, _digits=digits, _n_heldout=n_heldout, _device=device)
-        if spec.kind == "dataset":
+        for eval_set in spec.eval_sets:
+            loaded = load_eval_set(spec.eval_source(eval_set), eval_set, tokenizer, positions)
+            env.eval_rows[eval_set.name] = loaded.rows
+            env.rejected += loaded.rejected
+        if spec.kind == "dataset" and training_rows:
             assert spec.source is not None
             loaded = load_prompts(spec.source.model_copy(update={"environment": spec.name}), tokenizer, max_prompt_tokens)
             rows = list(loaded.rows)
             random.Random(seed).shuffle(rows)
-            env.train_rows, env.rejected = rows, list(loaded.rejected)
+            env.train_rows = rows
+            env.rejected = list(loaded.rejected) + env.rejected
         live.append(env)
     return live

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from rlcadence.devices import DEVICE_PATTERN
 from rlcadence.environments.datasets import PromptSource
+from rlcadence.environments.eval_sets import EvalSetSpec
 from rlcadence.strict import Strict
 
 DEFAULT_JUDGE_TEMPLATE = (
@@ -52,21 +53,36 @@ class EnvironmentSpec(Strict):
     weight: float = Field(1.0, gt=0, description="Share of each step's prompts (relative to the other environments).")
     reward_normalization: Literal["none", "zscore", "minmax"] = "none"
     device: str | None = Field(None, pattern=DEVICE_PATTERN, description="Reward model / judge device; None: the run's.")
+    eval_sets: list[EvalSetSpec] = Field(
+        default_factory=list, description="Held-out files evaluated every eval_every steps (and by `rlcadence eval`) "
+        "with this environment's reward: pass@k, maj@k, mean@k into metrics, every sample into the evals table.")
 
     @model_validator(mode="after")
     def _complete(self) -> EnvironmentSpec:
         if self.kind == "dataset":
-            if self.source is None:
+            if self.source is None and not self.eval_sets:
                 raise ValueError(f"environment {self.name}: kind=dataset needs a source")
             given = [k for k in ("verifier", "rewards", "reward_model", "judge") if getattr(self, k) is not None]
             if len(given) != 1:
                 raise ValueError(f"environment {self.name}: give exactly one of verifier / rewards / reward_model / judge "
                                  f"(got {', '.join(given) or 'none'})")
-            if self.verifier is None and self.rewards is None and "gold_column" not in self.source.model_fields_set:
-                # scored environments need no reference answer: don't require the default 'gold' column
-                self.source = self.source.model_copy(update={"gold_column": None})
+            if self.verifier is None and self.rewards is None and self.source is not None:
+                self.source = _without_default_gold(self.source)
+        if not self.verifiable:
+            self.eval_sets = [s.model_copy(update={"source": _without_default_gold(s.source)}) for s in self.eval_sets]
         return self
+
+    def eval_source(self, eval_set: EvalSetSpec) -> PromptSource:
+        """The eval set's file as this environment reads it (its name picks the default template)."""
+        return eval_set.source.model_copy(update={"environment": self.name})
 
     @property
     def verifiable(self) -> bool:
         return self.kind == "arithmetic" or (self.kind == "dataset" and (self.verifier or self.rewards) is not None)
+
+
+def _without_default_gold(source: PromptSource) -> PromptSource:
+    """Scored environments need no reference answer: don't require the default 'gold' column."""
+    if "gold_column" in source.model_fields_set:
+        return source
+    return source.model_copy(update={"gold_column": None})

@@ -27,7 +27,7 @@ def test_wheel_installs_namespaced_layers_only(tmp_path):
     inst = subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
                           capture_output=True, text=True, timeout=600)
     assert inst.returncode == 0, inst.stderr[-3000:]
-    code = ("import importlib, rlcadence.flows.rl, rlcadence.flows.bootstrap, rlcadence.tasks.train, "
+    code = ("import importlib, rlcadence.flows.rl, rlcadence.flows.bootstrap, rlcadence.flows.eval, rlcadence.tasks.train, "
             "rlcadence.storage.query\n"
             "print(rlcadence.flows.rl.__file__)\n"
             "for name in ('tasks', 'storage', 'flows'):\n"
@@ -53,3 +53,4 @@ def test_prefect_deploy_all_from_the_checkout(prefect_server, tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
     listed = subprocess.run([str(prefect), "deployment", "ls"], capture_output=True, text=True, timeout=300, env=env)
     assert "rlcadence-rl/rl" in listed.stdout and "rlcadence-bootstrap/bootstrap" in listed.stdout, listed.stdout
+    assert "rlcadence-eval/eval" in listed.stdout, listed.stdout
