@@ -43,6 +43,7 @@ from rlcadence.trainer.update import (
     _mini_batch_normalizer,
     _ref_logprobs,
     micro_batches,
+    step_and_report,
 )
 
 Strategy = Literal["ddp", "fsdp2"]
@@ -177,13 +178,8 @@ def optimizer_step(wrapped: torch.nn.Module, optimizer: torch.optim.Optimizer, c
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
     norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
     norm = float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
-    cosine = _adam_cosine(optimizer, params, sharded=not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel))
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    out = {"train/grad_norm": norm}
-    if cosine is not None:
-        out["train/adam_grad_cosine"] = cosine
-    return out
+    sharded = not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel)
+    return step_and_report(optimizer, norm, _adam_cosine(optimizer, params, sharded))
 
 
 def _reduce_metrics(local: dict[str, float]) -> dict[str, float]:
