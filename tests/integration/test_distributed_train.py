@@ -6,6 +6,8 @@ clipping), each written by rank 0 as an ordinary consolidated checkpoint. Tolera
 under shared load on 2 CPU cores: 1.5e-8 SGD weights, 1.0e-7 AdamW weights, 2.8e-9 Adam moments):
 SGD at lr 1 (update = minus the gradient) 1e-7 absolute on every weight, i.e. on every gradient element;
 AdamW 5e-7 on the weights and 1e-8 on exp_avg / exp_avg_sq (exp_avg = 0.1 x the clipped gradient).
+The same spawn also resumes a one-process checkpoint on 2 FSDP2 ranks (world size 1 -> 2). Every
+collective has a 60 s timeout and the spawn a 400 s deadline: a hang fails the test, it never blocks.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from rlcadence.trainer.checkpoint import load_trainer_state
-from tests.fixtures.distributed import CASES, run_two_ranks, single_process
+from tests.fixtures.distributed import CASES, run_two_ranks, second_step_one_process, single_process
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +72,14 @@ def test_uneven_cases_really_pad():
     plans = [_backward_plan(rows, batch.lengths(), MicroBatching.of(cfg), DistContext(r, 2, torch.device("cpu"), "gloo"))
              for r in range(2)]
     assert [len(p) for p in plans] == [2, 2] and plans[1][-1] is None  # rank 1 pads its second backward
+
+
+def test_one_process_checkpoint_resumes_on_two_ranks(dp_out):
+    """World size 1 -> 2: the consolidated format's weights and AdamW moments, sharded by FSDP2 on load,
+    give the same second step as one process resuming from it (the tests above cover 2 -> 1)."""
+    want = second_step_one_process(dp_out / "one_process")
+    got = AutoModelForCausalLM.from_pretrained(dp_out / "resumed_on_2").state_dict()
+    first = AutoModelForCausalLM.from_pretrained(dp_out / "one_process").state_dict()
+    assert _max_diff(want, first) > 1e-4  # the second step moved the weights
+    assert _max_diff(got, want) <= 5e-7
+    assert load_trainer_state(dp_out / "resumed_on_2").optimizer["state"][0]["step"] == 4  # 2 updates x ppo_epochs 2
