@@ -43,3 +43,16 @@ def test_init_refuses_before_joining_a_group(tmp_path):
         distributed.init("gloo", "cpu", timeout_s=5, init_method=f"file://{tmp_path / 'store'}", rank=0,
                          world_size=n + 1)
     assert not torch.distributed.is_initialized()
+
+
+def test_cli_refuses_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    from rlcadence.cli import main
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # the same on every machine
+    store = tmp_path / "store"
+    assert main(["run", "--store", str(store), "--set", "train_world_size=5", "--set", "device=cpu"]) == 2
+    assert "train_world_size=5 is larger than the 4 CPU core(s)" in capsys.readouterr().err
+    assert main(["run", "--store", str(store), "--set", "train_world_size=3", "--set", "device=cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: train_world_size=3: the RL flow's train stage runs in one process") and "\n" not in err
+    assert not store.exists(), "no work (not even the store) may start"
