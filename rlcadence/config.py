@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from rlcadence.devices import DEVICE_PATTERN, check_device
+from rlcadence.devices import DEVICE_PATTERN, check_device, check_world_size
 from rlcadence.engines.base import SamplingParams
 from rlcadence.environments.spec import EnvironmentSpec
 from rlcadence.models.config import TinyModelConfig
@@ -153,6 +153,12 @@ class RLConfig(Strict):
         "fp32_abs (exact float32 difference > 1e-5). About 2 points apart on random deltas.")
     logits_chunk_tokens: int = Field(
         1024, ge=1, description="Tokens per chunk of the LM head: log-probs and entropy never hold [N, T, V] logits.")
+    train_world_size: int = Field(
+        1, ge=1, description="Data-parallel training processes on this machine (one CUDA device or CPU core each). "
+        "1 = today's single-process train stage; >1 is for rlcadence.trainer.distributed under torchrun and is "
+        "refused by the RL flow, which does not launch several processes yet.")
+    train_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend: auto = nccl on CUDA, gloo on the CPU.")
 
     @field_validator("sync_every", "ref_sync_every")
     @classmethod
@@ -165,6 +171,11 @@ class RLConfig(Strict):
     @classmethod
     def _device_exists(cls, v: str | None) -> str | None:
         return v if v is None or v == "auto" else check_device(v)
+
+    @model_validator(mode="after")
+    def _train_processes(self) -> RLConfig:
+        check_world_size(self.train_world_size, self.device, self.train_backend)
+        return self
 
     @model_validator(mode="after")
     def _combinations(self) -> RLConfig:

@@ -54,3 +54,25 @@ def autocast(device: torch.device, enabled: bool = True):
     import torch
 
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
+def check_world_size(world_size: int, device: str, backend: str = "auto") -> int:
+    """``world_size`` training processes on this machine, if it has a device for each: a CUDA device each on
+    CUDA (``device`` cuda/cuda:N, or auto with CUDA present), a CPU core each on the CPU; else a ValueError
+    naming ``train_world_size``. A backend that cannot run on the device is refused too."""
+    import os
+
+    if world_size < 1:
+        raise ValueError(f"train_world_size must be >= 1, got {world_size}")
+    if world_size == 1 and backend != "nccl":
+        return world_size  # today's single process: no torch import, nothing to check
+    import torch
+
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if backend == "nccl" and not cuda:
+        raise ValueError(f"train_backend=nccl needs CUDA, but device={device!r} trains on the CPU; use gloo or auto")
+    have, what = (torch.cuda.device_count(), "CUDA device(s)") if cuda else (os.cpu_count() or 1, "CPU core(s)")
+    if world_size > have:
+        raise ValueError(f"train_world_size={world_size} is larger than the {have} {what} this machine has "
+                         f"for device={device!r}")
+    return world_size

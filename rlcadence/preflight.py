@@ -17,6 +17,19 @@ def seed_model_dir(config: RLConfig) -> Path | None:
     return None if config.model is None else check_model_dir(resolve_model_dir(config.model))
 
 
+class TrainProcessesError(ValueError):
+    """A train stage the flow cannot run (the CLI prints it as one line)."""
+
+
+def check_train_processes(config: RLConfig) -> None:
+    """The RL flow trains in one process: ``train_world_size`` > 1 is refused before any work (it is for
+    ``rlcadence.trainer.distributed`` under torchrun until the flow launches several processes)."""
+    if config.train_world_size > 1:
+        raise TrainProcessesError(f"train_world_size={config.train_world_size}: the RL flow's train stage runs in one process; "
+                         "data-parallel training is rlcadence.trainer.distributed under torchrun (README, "
+                         "'Training on several processes')")
+
+
 def max_positions(model_dir: Path) -> int | None:
     """The model's context length from its config.json (None when it declares none)."""
     meta = json.loads((Path(model_dir) / "config.json").read_text())

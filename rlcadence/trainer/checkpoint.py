@@ -68,13 +68,17 @@ def snapshot(model, tokenizer, state: TrainerState | None, optimizer: torch.opti
     if state is None:
         return Snapshot(model, tokenizer, weights, None)
     opt = optimizer.state_dict() if optimizer is not None else state.optimizer
+    return Snapshot(model, tokenizer, weights, frozen_state(state, opt))
+
+
+def frozen_state(state: TrainerState, opt: dict) -> TrainerState:
+    """``state`` with host copies of the optimizer state dict ``opt`` and this process's RNG states, now."""
     host_opt = {"state": {i: {k: _host(v) if isinstance(v, torch.Tensor) else v for k, v in s.items()}
                           for i, s in opt.get("state", {}).items()},
                 "param_groups": opt.get("param_groups", [])}
     cuda = [_host(t) for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
-    frozen = TrainerState(state.step, state.data_cursor, state.generator_version, state.ref_version,
-                          host_opt, torch.get_rng_state(), random.getstate(), cuda)
-    return Snapshot(model, tokenizer, weights, frozen)
+    return TrainerState(state.step, state.data_cursor, state.generator_version, state.ref_version,
+                        host_opt, torch.get_rng_state(), random.getstate(), cuda)
 
 
 def _save_sharded(tensors: dict[str, torch.Tensor], out_dir: Path, pattern: str, index_name: str,

@@ -147,10 +147,14 @@ def optimizer_step(model, optimizer, cfg: OptimizerConfig) -> dict[str, float]:
     params = [p for p in model.parameters() if p.grad is not None]
     max_norm = cfg.grad_clip if cfg.grad_clip is not None else math.inf
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    cosine = adam_moment_grad_cosine(optimizer, params)
+    return step_and_report(optimizer, norm, adam_moment_grad_cosine(optimizer, params))
+
+
+def step_and_report(optimizer, grad_norm: float, cosine: float | None) -> dict[str, float]:
+    """Apply and clear the gradients; the step's norm (and Adam cosine, when there is one) as metrics."""
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    out = {"train/grad_norm": norm}
+    out = {"train/grad_norm": grad_norm}
     if cosine is not None:
         out["train/adam_grad_cosine"] = cosine
     return out
