@@ -2,8 +2,8 @@
 
 Layout (hive partitions, one file per (run, step), so a rewrite after a crash replaces, never duplicates)::
 
-    rollouts/run_id=<id>/step=<t>/part-0.parquet
-    metrics/run_id=<id>/step=<t>/part-0.parquet
+    rollouts/run_id=<id>/step=<t>/part-0.parquet       (compacted later: rollouts/run_id=<id>/compacted-<a>-<b>.parquet,
+    metrics/run_id=<id>/step=<t>/part-0.parquet         see storage/layout.py and storage/compaction.py)
     runs/run_id=<id>/<updated_at>-<status>.parquet     (append-only; the newest row wins)
 
 Partition columns are also stored inside each file, so a single file is self-describing.
@@ -104,10 +104,20 @@ def read_run_params(loc: StoreLocation, run_id: str) -> dict:
 
 
 def read_step_table(loc: StoreLocation, table: str, run_id: str, step: int) -> pa.Table:
-    return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+    """The rows of (run, step): from its step file, or from the compacted file that holds the step."""
+    from rlcadence.storage.layout import covering
+
+    piece = covering(loc, table, run_id, step)
+    if piece is None or piece.kind == "step":  # a missing step raises FileNotFoundError naming its file
+        return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+    import pyarrow.dataset as ds
+
+    data = ds.dataset(loc.path(piece.path), format="parquet", filesystem=loc.fs)
+    return data.to_table(filter=ds.field("step") == step)
 
 
 def committed_steps(loc: StoreLocation, table: str, run_id: str) -> list[int]:
-    """Steps of ``run_id`` whose ``table`` file is complete and visible."""
-    files = loc.list_files(table, f"run_id={run_id}", suffix=".parquet")
-    return sorted({int(f.split("step=")[1].split("/")[0]) for f in files})
+    """Steps of ``run_id`` whose ``table`` rows are complete and visible (step files or compacted)."""
+    from rlcadence.storage.layout import live_pieces, steps_of
+
+    return steps_of(live_pieces(loc, table, run_id).get(run_id, []))
