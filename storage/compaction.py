@@ -45,6 +45,7 @@ from rlcadence.storage.layout import (
     run_dir,
 )
 from rlcadence.storage.location import StoreLocation
+from rlcadence.storage.tables import recently_written
 
 FANOUT = 10
 DEFAULT_TARGET_BYTES = 256 * 2**20
@@ -67,11 +68,15 @@ class TableCompaction:
 
 # -- merging ---------------------------------------------------------------------------------------------
 def _read(loc: StoreLocation, p: Piece) -> pa.Table:
-    return pq.read_table(io.BytesIO(loc.read_bytes(p.path)))
+    """A step file this process wrote comes from memory (the in-run case); any other file from the store."""
+    cached = recently_written(loc, p.path) if p.kind == "step" else None
+    return cached if cached is not None else pq.ParquetFile(pa.BufferReader(loc.read_bytes(p.path))).read()
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """``table`` with ``schema``'s columns in its order (missing ones null): metrics files differ by step."""
+    if table.schema.remove_metadata().equals(schema):
+        return table
     cols = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
             for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
@@ -90,11 +95,15 @@ def merged_bytes(loc: StoreLocation, group: list[Piece]) -> bytes:
                 schemas.append(pq.read_schema(f))
     schema = pa.unify_schemas([s.remove_metadata() for s in schemas], promote_options="permissive")
     sink = io.BytesIO()
+    if tables is not None:  # all in memory: one concat (missing columns null), one write
+        data = pa.concat_tables([t.replace_schema_metadata(None) for t in tables], promote_options="permissive")
+        pq.write_table(data.select(schema.names).cast(schema), sink, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        return sink.getvalue()
     with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
         buffered: list[pa.Table] = []
         rows = 0
-        for i, p in enumerate(group):
-            t = _conform(tables[i] if tables is not None else _read(loc, p), schema)
+        for p in group:
+            t = _conform(_read(loc, p), schema)
             buffered.append(t)
             rows += t.num_rows
             if rows >= ROW_GROUP_ROWS:

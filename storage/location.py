@@ -8,6 +8,7 @@ completes, so the final key is written directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -97,7 +98,11 @@ class StoreLocation:
     def delete_files(self, paths: list[str]) -> None:
         """Delete files by path relative to the root (missing ones are fine); S3 batches the requests."""
         for rel in paths:
-            self.delete_file(rel)
+            if self.is_local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(rel))
+            else:
+                self.delete_file(rel)
 
     def move_file(self, src: tuple[str, ...], dst: tuple[str, ...], after_copy=None) -> str:
         """Give file ``src`` the name ``dst`` (replacing it): locally one ``rename``; on S3 a server-side

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -66,13 +68,30 @@ def step_file(table: str, run_id: str, step: int) -> tuple[str, ...]:
     return (table, f"run_id={run_id}", f"step={step}", "part-0.parquet")
 
 
+# The step tables this process wrote last, by (store, file): the in-run compaction merges them without
+# reading its own files back. Bounded by bytes; a table is cached only once its file is written.
+_RECENT: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+_RECENT_MAX_BYTES = 256 * 2**20
+
+
 def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, data: pa.Table) -> str:
     """Write (or atomically replace) the one file of ``table`` for (run, step)."""
     from rlcadence import faults
 
     payload = table_to_parquet_bytes(data)
     faults.maybe_crash_mid_write(loc, step_file(table, run_id, step), payload, table=table, step=step)
-    return loc.write_bytes(payload, *step_file(table, run_id, step))
+    uri = loc.write_bytes(payload, *step_file(table, run_id, step))
+    key = (loc.uri, posixpath.join(*step_file(table, run_id, step)))
+    _RECENT.pop(key, None)
+    _RECENT[key] = data
+    while sum(t.nbytes for t in _RECENT.values()) > _RECENT_MAX_BYTES and len(_RECENT) > 1:
+        _RECENT.popitem(last=False)
+    return uri
+
+
+def recently_written(loc: StoreLocation, path: str) -> pa.Table | None:
+    """The table this process last wrote to ``path`` (relative to the root) of ``loc``, if still cached."""
+    return _RECENT.get((loc.uri, path))
 
 
 def write_metrics(loc: StoreLocation, run_id: str, step: int, metrics: dict) -> str:
