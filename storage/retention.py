@@ -47,7 +47,8 @@ def _bytes(loc: StoreLocation, run_id: str) -> int:
              ("metrics", f"run_id={run_id}"), ("rejected", f"run_id={run_id}"), ("runs", f"run_id={run_id}")]
     for parts in bases:
         sel = pafs.FileSelector(loc.path(*parts), recursive=True, allow_not_found=True)
-        total += sum(i.size or 0 for i in loc.fs.get_file_info(sel) if i.type == pafs.FileType.File)
+        total += sum(i.size or 0 for i in loc.fs.get_file_info(sel)  # (the heartbeat gc itself writes aside)
+                     if i.type == pafs.FileType.File and i.base_name != run_records.HEARTBEAT_FILE)
     sel = pafs.FileSelector(loc.path("models"), recursive=True, allow_not_found=True)
     for i in loc.fs.get_file_info(sel):
         top = posixpath.relpath(i.path, loc.path("models")).split("/", 1)[0]
