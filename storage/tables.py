@@ -70,7 +70,8 @@ def step_file(table: str, run_id: str, step: int) -> tuple[str, ...]:
 
 # The step tables this process wrote last, by (store, file): the in-run compaction merges them without
 # reading its own files back. Bounded by bytes; a table is cached only once its file is written.
-_RECENT: OrderedDict[tuple[str, str], pa.Table] = OrderedDict()
+_RECENT: OrderedDict[tuple[str, str], tuple[pa.Table, int]] = OrderedDict()  # (table, its nbytes)
+_RECENT_BYTES = [0]
 _RECENT_MAX_BYTES = 256 * 2**20
 
 
@@ -82,16 +83,24 @@ def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, dat
     faults.maybe_crash_mid_write(loc, step_file(table, run_id, step), payload, table=table, step=step)
     uri = loc.write_bytes(payload, *step_file(table, run_id, step))
     key = (loc.uri, posixpath.join(*step_file(table, run_id, step)))
-    _RECENT.pop(key, None)
-    _RECENT[key] = data
-    while sum(t.nbytes for t in _RECENT.values()) > _RECENT_MAX_BYTES and len(_RECENT) > 1:
-        _RECENT.popitem(last=False)
+    _forget(key)
+    _RECENT[key] = (data, data.nbytes)
+    _RECENT_BYTES[0] += data.nbytes
+    while _RECENT_BYTES[0] > _RECENT_MAX_BYTES and len(_RECENT) > 1:
+        _forget(next(iter(_RECENT)))
     return uri
+
+
+def _forget(key: tuple[str, str]) -> None:
+    old = _RECENT.pop(key, None)
+    if old is not None:
+        _RECENT_BYTES[0] -= old[1]
 
 
 def recently_written(loc: StoreLocation, path: str) -> pa.Table | None:
     """The table this process last wrote to ``path`` (relative to the root) of ``loc``, if still cached."""
-    return _RECENT.get((loc.uri, path))
+    hit = _RECENT.get((loc.uri, path))
+    return hit[0] if hit is not None else None
 
 
 def write_metrics(loc: StoreLocation, run_id: str, step: int, metrics: dict) -> str:
