@@ -132,12 +132,16 @@ def read_run_params(loc: StoreLocation, run_id: str) -> dict:
 
 
 def read_step_table(loc: StoreLocation, table: str, run_id: str, step: int) -> pa.Table:
-    """The rows of (run, step): from its step file, or from the compacted file that holds the step."""
+    """The rows of (run, step): from its step file (one GET: the train stage's case), else from the
+    compacted or pending file that holds the step (a replay of compacted steps)."""
     from rlcadence.storage.layout import covering
 
-    piece = covering(loc, table, run_id, step)
-    if piece is None or piece.kind == "step":  # a missing step raises FileNotFoundError naming its file
+    try:
         return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+    except OSError:  # FileNotFoundError locally; on S3 a StoreError saying the key is missing
+        piece = covering(loc, table, run_id, step)
+        if piece is None or piece.kind == "step":
+            raise
     import pyarrow.dataset as ds
 
     data = ds.dataset(loc.path(piece.path), format="parquet", filesystem=loc.fs)
