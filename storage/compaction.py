@@ -154,10 +154,12 @@ def merge(loc: StoreLocation, table: str, run_id: str, group: list[Piece]) -> No
 
 
 # -- recovery --------------------------------------------------------------------------------------------
-def recover(loc: StoreLocation, run_id: str) -> int:
+def recover(loc: StoreLocation, run_id: str, *, uploads: bool = True) -> int:
     """Finish what a killed compaction of ``run_id`` left: publish a pending file (deleting what it
     replaces first), drop a pending copy already published and any file a wider one covers, and temp
-    files. Returns how many files it acted on. Only while no other process writes the run."""
+    files (with ``uploads``, S3's unfinished multipart uploads too: a LIST the in-run compaction skips,
+    since the run's start already aborted them). Returns how many files it acted on. Only while no other
+    process writes the run."""
     n = 0
     for table in STEP_TABLES:
         pieces = list_pieces(loc, table, run_id)[0].get(run_id, [])
@@ -174,7 +176,8 @@ def recover(loc: StoreLocation, run_id: str) -> int:
         stray = [p for p in pieces if p not in live]  # covered by a compacted file: duplicates for a glob
         loc.delete_files([p.path for p in stray])
         n += len(stray) + loc.sweep_temp_files(*run_dir(table, run_id))
-        n += loc.abort_uploads(loc.path(*run_dir(table, run_id), ".compacted-"))
+        if uploads:
+            n += loc.abort_uploads(loc.path(*run_dir(table, run_id), ".compacted-"))
     return n
 
 
@@ -225,7 +228,7 @@ def compact_run(loc: StoreLocation, run_id: str, *, full: bool,
                 target_bytes: int = DEFAULT_TARGET_BYTES) -> list[TableCompaction]:
     """Recover, then merge the committed steps of ``run_id``: ``full`` into files of up to
     ``target_bytes`` (run end, ``rlcadence compact``), else by level (in the run, every N steps)."""
-    recover(loc, run_id)
+    recover(loc, run_id, uploads=full)
     upto = committed_through(loc, run_id)
     out = []
     for table in STEP_TABLES:
