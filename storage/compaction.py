@@ -176,6 +176,10 @@ def recover(loc: StoreLocation, run_id: str, *, uploads: bool = True) -> int:
         stray = [p for p in pieces if p not in live]  # covered by a compacted file: duplicates for a glob
         loc.delete_files([p.path for p in stray])
         n += len(stray) + loc.sweep_temp_files(*run_dir(table, run_id))
+        if loc.is_local:  # step=<t>/ directories a kill left empty (their file deleted, the rmdir not reached)
+            for name in loc.list_dirs(*run_dir(table, run_id)):
+                with contextlib.suppress(OSError):
+                    os.rmdir(loc.path(*run_dir(table, run_id), name))
         if uploads:
             n += loc.abort_uploads(loc.path(*run_dir(table, run_id), ".compacted-"))
     return n
