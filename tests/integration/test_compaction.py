@@ -92,7 +92,8 @@ def _kill_and_finish(store: str, point: str) -> None:
     for table in layout.STEP_TABLES:
         names = [p.path.rsplit("/", 1)[-1] for p in layout.list_pieces(loc, table, "r")[0]["r"]]
         assert names == [layout.compacted_name(0, LAST)], (table, names)
-        assert loc.list_dirs(*layout.run_dir(table, "r")) == [], "empty step directories left"
+        if loc.is_local:  # (SeaweedFS's filer keeps empty folders of deleted objects: no bytes, no rows)
+            assert loc.list_dirs(*layout.run_dir(table, "r")) == [], "empty step directories left"
     _views_exact(loc)
     assert _glob(loc) == EXPECTED_ROLLOUTS
     assert not [f for f in _all_files(loc) if f.rsplit("/", 1)[-1].startswith(".")], "temp or pending left"
