@@ -1,4 +1,4 @@
-"""The ``rlcadence`` command: run, resume, eval, sql, runs, report, bootstrap, export-prompts."""
+"""The ``rlcadence`` command: run, resume, eval, sql, runs, report, bootstrap, export-prompts, compact, gc."""
 
 from __future__ import annotations
 
@@ -350,6 +350,46 @@ def cmd_export_prompts(args) -> int:
     return 0
 
 
+def cmd_compact(args) -> int:
+    """Merge the committed step files of runs that are not running (all of them, or those named)."""
+    from rlcadence.storage import compaction, run_records
+
+    loc = open_existing_store(args.store)
+    known = compaction.step_run_ids(loc)
+    for run_id in args.runs:
+        if run_id not in known and not run_records.status_files(loc, run_id):
+            raise FileNotFoundError(f"no run {run_id!r} in store {loc.uri}")
+    for run_id in args.runs or known:
+        recorded = bool(run_records.status_files(loc, run_id))
+        try:
+            if recorded:
+                run_records.hold(loc, run_id)  # a running run compacts itself; a resume waits for us
+        except RunBusy as e:
+            if args.runs:
+                raise
+            print(f"{run_id}: skipped: {e}")
+            continue
+        try:
+            done = compaction.compact_run(loc, run_id, full=True)
+        finally:
+            run_records.release(run_id)
+        for t in done:
+            print(f"{run_id} {t.table}: {t.files_before} -> {t.files_after} files, "
+                  f"{t.bytes_before / 1e6:.2f} -> {t.bytes_after / 1e6:.2f} MB")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from rlcadence.storage.retention import collect
+
+    loc = open_existing_store(args.store)
+    done = collect(loc, args.keep_checkpoints)
+    print_table(["run_id", "status", "action", "MB freed"],
+                [(c.run_id, c.status, c.action, f"{c.bytes_freed / 1e6:.3f}") for c in done])
+    print(f"freed {sum(c.bytes_freed for c in done):,} bytes")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlcadence", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -396,6 +436,15 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="rlcadence-report", help="output directory (index.html, metrics.png, ...)")
     rp.add_argument("--title")
     rp.set_defaults(fn=cmd_report)
+    cp = sub.add_parser("compact", help="merge committed step files of runs not running into few files")
+    cp.add_argument("runs", nargs="*", metavar="RUN", help="default: every run in the store")
+    cp.add_argument("--store", default=DEFAULT_STORE)
+    cp.set_defaults(fn=cmd_compact)
+    gc = sub.add_parser("gc", help="drop staging, temp files and old checkpoints of finished runs; never a running one")
+    gc.add_argument("--store", default=DEFAULT_STORE)
+    gc.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
+                    help="full checkpoints kept per completed run (default: the run's keep_checkpoints)")
+    gc.set_defaults(fn=cmd_gc)
     ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
     ex.add_argument("path")
     ex.add_argument("--split", choices=["train", "heldout"], default="heldout")

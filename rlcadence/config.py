@@ -137,6 +137,10 @@ class RLConfig(Strict):
     checkpoint_every: int = Field(
         10, ge=1, description="Steps between full trainer checkpoints (model, optimizer, RNG, cursor, versions). "
         "Resume loads the last one and replays the committed steps after it from the stored rollouts.")
+    compact_every: int = Field(
+        100, ge=0, description="Every N steps the committed step files of the rollouts and metrics tables are "
+        "merged into one file (and 10 such files into one), and at the run's end into files of up to 256 MiB; "
+        "0 = never (`rlcadence compact` still can). Queries read the same rows either way.")
     checkpoint_shard_bytes: int = Field(2 * 1024**3, ge=1024**2, description="Safetensors shard size cap.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Trainer and reference model (and, unless given "
                         "their own, generator and evaluation): auto (CUDA when available), cpu, cuda, cuda:N.")

@@ -15,8 +15,8 @@ from rlcadence.config import RLConfig
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.tables import read_run_params
 
-# Where the run lives and what its id is are not experiment parameters (a store may be moved).
-NOT_PARAMETERS = frozenset({"run_id", "store", "s3", "model_dir"})
+# Where the run lives, what its id is and how its files are laid out are not experiment parameters.
+NOT_PARAMETERS = frozenset({"run_id", "store", "s3", "model_dir", "compact_every"})
 
 
 class RunIdentityError(ValueError):

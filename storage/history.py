@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rlcadence.storage.layout import live_files
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.query import connect
 
@@ -15,7 +16,7 @@ def _clean(v):
 def metric_rows(loc: StoreLocation, run_ids: list[str]) -> dict[str, list[dict]]:
     """``{run_id: [metrics row as a dict, by step]}``; a run with no committed step maps to ``[]``."""
     out: dict[str, list[dict]] = {r: [] for r in run_ids}
-    if not run_ids or not loc.list_files("metrics", suffix=".parquet"):
+    if not run_ids or not live_files(loc, "metrics"):
         return out
     con = connect(loc)
     marks = ", ".join("?" for _ in run_ids)

@@ -8,6 +8,7 @@ completes, so the final key is written directly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import uuid
@@ -93,6 +94,31 @@ class StoreLocation:
         p = self.path(*parts)
         if self.fs.get_file_info(p).type == pafs.FileType.File:
             self.fs.delete_file(p)
+
+    def delete_files(self, paths: list[str]) -> None:
+        """Delete files by path relative to the root (missing ones are fine); S3 batches the requests."""
+        for rel in paths:
+            if self.is_local:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(self.path(rel))
+            else:
+                self.delete_file(rel)
+
+    def move_file(self, src: tuple[str, ...], dst: tuple[str, ...], after_copy=None) -> str:
+        """Give file ``src`` the name ``dst`` (replacing it): locally one ``rename``; on S3 a server-side
+        copy (visible whole, at once) and then a delete of ``src``. A retry after a kill finds ``src``
+        gone and ``dst`` there, and does nothing. ``after_copy``: a fail point between copy and delete."""
+        s, d = self.path(*src), self.path(*dst)
+        if self.fs.get_file_info(s).type == pafs.FileType.NotFound and self.exists(*dst):
+            return d
+        if self.is_local:
+            os.replace(s, d)
+            return d
+        self.fs.copy_file(s, d)
+        if after_copy is not None:
+            after_copy()
+        self.fs.delete_file(s)
+        return d
 
     def sweep_temp_files(self, *parts: str) -> int:
         """Remove temp files a crashed writer left (they were never visible); returns how many."""

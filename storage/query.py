@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from rlcadence.storage.layout import live_files
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.tables import TABLES
 
@@ -88,7 +89,7 @@ def connect(loc: StoreLocation, *, memory_limit: str = DEFAULT_MEMORY_LIMIT,
     except duckdb.Error as e:
         raise QueryError(f"cannot open DuckDB: {_first_line(str(e))}") from None
     for table in TABLES:
-        files = loc.list_files(table, suffix=".parquet")
+        files = live_files(loc, table)  # each row once, also while a compaction is in flight or was killed
         if not files:
             continue
         con.register(f"_{table}_files", _dataset(loc, table, files))

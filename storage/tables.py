@@ -2,8 +2,8 @@
 
 Layout (hive partitions, one file per (run, step), so a rewrite after a crash replaces, never duplicates)::
 
-    rollouts/run_id=<id>/step=<t>/part-0.parquet
-    metrics/run_id=<id>/step=<t>/part-0.parquet
+    rollouts/run_id=<id>/step=<t>/part-0.parquet       (compacted later: rollouts/run_id=<id>/compacted-<a>-<b>.parquet,
+    metrics/run_id=<id>/step=<t>/part-0.parquet         see storage/layout.py and storage/compaction.py)
     evals/run_id=<id>/step=<t>/part-0.parquet          (step = policy version: updates applied)
     runs/run_id=<id>/<updated_at>-<status>.parquet     (append-only; the newest row wins)
 
@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import time
+from collections import OrderedDict
 from datetime import datetime, timezone
 
 import pyarrow as pa
@@ -96,13 +98,39 @@ def step_file(table: str, run_id: str, step: int) -> tuple[str, ...]:
     return (table, f"run_id={run_id}", f"step={step}", "part-0.parquet")
 
 
+# The step tables this process wrote last, by (store, file): the in-run compaction merges them without
+# reading its own files back. Bounded by bytes; a table is cached only once its file is written.
+_RECENT: OrderedDict[tuple[str, str], tuple[pa.Table, int]] = OrderedDict()  # (table, its nbytes)
+_RECENT_BYTES = [0]
+_RECENT_MAX_BYTES = 256 * 2**20
+
+
 def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, data: pa.Table) -> str:
     """Write (or atomically replace) the one file of ``table`` for (run, step)."""
     from rlcadence import faults
 
     payload = table_to_parquet_bytes(data)
     faults.maybe_crash_mid_write(loc, step_file(table, run_id, step), payload, table=table, step=step)
-    return loc.write_bytes(payload, *step_file(table, run_id, step))
+    uri = loc.write_bytes(payload, *step_file(table, run_id, step))
+    key = (loc.uri, posixpath.join(*step_file(table, run_id, step)))
+    _forget(key)
+    _RECENT[key] = (data, data.nbytes)
+    _RECENT_BYTES[0] += data.nbytes
+    while _RECENT_BYTES[0] > _RECENT_MAX_BYTES and len(_RECENT) > 1:
+        _forget(next(iter(_RECENT)))
+    return uri
+
+
+def _forget(key: tuple[str, str]) -> None:
+    old = _RECENT.pop(key, None)
+    if old is not None:
+        _RECENT_BYTES[0] -= old[1]
+
+
+def recently_written(loc: StoreLocation, path: str) -> pa.Table | None:
+    """The table this process last wrote to ``path`` (relative to the root) of ``loc``, if still cached."""
+    hit = _RECENT.get((loc.uri, path))
+    return hit[0] if hit is not None else None
 
 
 def write_metrics(loc: StoreLocation, run_id: str, step: int, metrics: dict) -> str:
@@ -139,10 +167,24 @@ def read_run_params(loc: StoreLocation, run_id: str) -> dict:
 
 
 def read_step_table(loc: StoreLocation, table: str, run_id: str, step: int) -> pa.Table:
-    return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+    """The rows of (run, step): from its step file (one GET: the train stage's case), else from the
+    compacted or pending file that holds the step (a replay of compacted steps)."""
+    from rlcadence.storage.layout import covering
+
+    try:
+        return pq.read_table(io.BytesIO(loc.read_bytes(*step_file(table, run_id, step))))
+    except OSError:  # FileNotFoundError locally; on S3 a StoreError saying the key is missing
+        piece = covering(loc, table, run_id, step)
+        if piece is None or piece.kind == "step":
+            raise
+    import pyarrow.dataset as ds
+
+    data = ds.dataset(loc.path(piece.path), format="parquet", filesystem=loc.fs)
+    return data.to_table(filter=ds.field("step") == step)
 
 
 def committed_steps(loc: StoreLocation, table: str, run_id: str) -> list[int]:
-    """Steps of ``run_id`` whose ``table`` file is complete and visible."""
-    files = loc.list_files(table, f"run_id={run_id}", suffix=".parquet")
-    return sorted({int(f.split("step=")[1].split("/")[0]) for f in files})
+    """Steps of ``run_id`` whose ``table`` rows are complete and visible (step files or compacted)."""
+    from rlcadence.storage.layout import live_pieces, steps_of
+
+    return steps_of(live_pieces(loc, table, run_id).get(run_id, []))

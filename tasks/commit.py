@@ -1,10 +1,12 @@
-"""Stage 5, commit: the step's metrics row (its commit point), then staging and old checkpoints go."""
+"""Stage 5, commit: the step's metrics row (its commit point), then staging and old checkpoints go, and
+every ``compact_every`` steps the committed step files are compacted."""
 
 from __future__ import annotations
 
 from rlcadence.run_state import RunState
 from rlcadence.storage import tables
 from rlcadence.storage.checkpoints import prune_checkpoints
+from rlcadence.storage.compaction import compact_run
 from rlcadence.tasks.stage import stage
 
 
@@ -23,4 +25,6 @@ def commit(run: RunState, step: int, metrics: dict[str, float]) -> str:
     if run.policy is not None:
         s = run.policy.state
         prune_checkpoints(loc, run.run_id, cfg.keep_checkpoints, {0, s.generator_version, s.ref_version})
+    if cfg.compact_every and (step + 1) % cfg.compact_every == 0:
+        compact_run(loc, run.run_id, full=False)  # after the commit point: only committed steps are merged
     return uri

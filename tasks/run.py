@@ -19,6 +19,7 @@ from rlcadence.environments.datasets import rejected_to_arrow
 from rlcadence.run_state import RunState
 from rlcadence.storage import run_records, tables
 from rlcadence.storage.checkpoints import checkpoint_steps, sweep_checkpoint_temp
+from rlcadence.storage.compaction import compact_run, recover
 from rlcadence.tasks.crashed import mark_crashed
 from rlcadence.trainer.checkpoint import TrainerState
 
@@ -53,6 +54,7 @@ def init_run(run: RunState, model_dir: Path) -> RunStart:
     loc, run_id = run.loc, run.run_id
     run_records.sweep_run_temp(loc, run_id)  # rollouts, metrics, rejected, runs, staging, final model
     sweep_checkpoint_temp(loc, run_id)
+    recover(loc, run_id)  # a compaction the kill interrupted is finished before anything reads the steps
     if 0 not in checkpoint_steps(loc, run_id):
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=run.dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -102,6 +104,8 @@ def start_run(run: RunState, model_dir: str) -> RunStart:
 @task(name="finish-run", task_run_name="finish-run", cache_policy=NO_CACHE)
 def finish_run(run: RunState, summary: dict) -> dict:
     summary["final_model"] = export_final_model(run, run.config.steps)
+    if run.config.compact_every:
+        compact_run(run.loc, run.run_id, full=True)
     extra = {k: v for k, v in summary.items() if k != "run_id"}
     tables.write_run_status(run.loc, run.run_id, "completed", _params(run), flow_run_id=str(runtime.flow_run.id or ""), **extra)
     run_records.release(run.run_id)

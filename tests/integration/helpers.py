@@ -27,6 +27,7 @@ def small_config(seed_model: Path, store: str, **overrides) -> dict:
         "eval_every": 2,
         "eval_size": 50,
         "bootstrap": {"environment": {"n_heldout": 50}},
+        "compact_every": 2,  # compaction on in every flow test: in the run every 2 steps, and at its end
     }
     for key, value in overrides.items():
         cfg[key] = value

@@ -211,3 +211,29 @@ def test_seeded_random_external_kills(reference_run, seed_model, tmp_path):
         assert resumed.returncode == 0, f"kill at {t:.1f}s: {resumed.stderr[-3000:]}"
         assert_same_as_reference(store, run_id, reference)
         _assert_nothing_left_running(run_id)
+
+
+@pytest.mark.parametrize("crash_at", ["compact-deleting:1", "compact-deleted:3"])
+def test_kill_inside_compaction_then_resume_matches_uninterrupted(reference_run, seed_model, tmp_path, crash_at):
+    """Compaction runs in the commit stage every 2 steps (and at the run's end): a SIGKILL half-way through
+    deleting the merged step files (step 1), or before publishing the merge (step 3, the last), leaves
+    views that read every committed row once; the resume finishes the merge, replays from compacted
+    rollouts where it needs to, and ends equal to the uninterrupted run."""
+    store = str(tmp_path / "store")
+    run_id = f"compact-{crash_at.replace(':', '-')}"
+    crashed = run_cli("run", "--config", str(_config(tmp_path, seed_model, store)), "--run-id", run_id,
+                      env={"RLCADENCE_CRASH_AT": crash_at})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    killed_at = int(crash_at.rsplit(":", 1)[1])
+    assert list(Path(store).rglob(".compacted-*.pending")), "the kill should leave the merge pending"
+    committed = list(range(killed_at + 1))
+    assert sql(store, "SELECT list(step ORDER BY step) FROM metrics")[0][0] == committed
+    assert sql(store, "SELECT count(*), count(DISTINCT (step, prompt_id, sample_index)) FROM rollouts "
+                      f"WHERE step <= {killed_at}") == [(len(committed) * M * G, len(committed) * M * G)]
+
+    resumed = run_cli("resume", run_id, "--store", store)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_as_reference(store, run_id, reference_run[0])
+    assert not list(Path(store).rglob(".compacted-*")), "the resume should finish the interrupted merge"
+    names = sorted(p.name for p in (Path(store) / "rollouts" / f"run_id={run_id}").iterdir())
+    assert names == [f"compacted-00000000-{STEPS - 1:08d}.parquet"]
