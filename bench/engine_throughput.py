@@ -105,9 +105,9 @@ def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[o
                 timings[mode] = dict(vllm.last_sync)
             rows.append([name, optim, since, f"{bf16.nbytes:,} / {full_bf16:,} ({bf16.nbytes / full_bf16:.2%})",
                          f"{1 - bf16.changed_elements / bf16.elements:.2%}",
-                         f"{timings['delta']['sync/bytes']:,.0f} / {timings['full']['sync/bytes']:,.0f}",
-                         f"{timings['full']['sync/seconds'] * 1e3:.1f}", f"{timings['delta']['sync/seconds'] * 1e3:.1f}",
-                         int(timings['delta']['sync/tensors_reloaded']), int(timings['full']['sync/tensors_reloaded'])])
+                         f"{timings['delta']['weight_sync/bytes']:,.0f} / {timings['full']['weight_sync/bytes']:,.0f}",
+                         f"{timings['full']['time/sync_s'] * 1e3:.1f}", f"{timings['delta']['time/sync_s'] * 1e3:.1f}",
+                         int(timings['delta']['weight_sync/tensors_reloaded']), int(timings['full']['weight_sync/tensors_reloaded'])])
     return rows
 
 

@@ -62,7 +62,7 @@ class TransformersEngine:
         self.model.load_state_dict(state)
         self._version = version
         nbytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        self.last_sync = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(nbytes)}
+        self.last_sync = {"time/sync_s": time.perf_counter() - t0, "weight_sync/bytes": float(nbytes)}
 
     def stop_token_ids(self) -> set[int]:
         return stop_token_ids(self.tokenizer, self.model)

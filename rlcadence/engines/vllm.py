@@ -142,16 +142,16 @@ class VLLMEngine:
             changed = apply_delta(host, delta)
             layers = {layer_key(n, self._packed) for n in changed}
             names = [n for n in host if layer_key(n, self._packed) in layers]
-            nbytes, extra = delta.nbytes, {"sync/changed_elements": float(delta.changed_elements),
-                                           "sync/tensors_skipped": float(len(delta.unchanged))}
+            nbytes, extra = delta.nbytes, {"weight_sync/changed_elements": float(delta.changed_elements),
+                                           "weight_sync/tensors_skipped": float(len(delta.unchanged))}
         else:
             self.model.load_state_dict(state)
             names, nbytes, extra = list(host), full, {}
         if names:
             self._push(names)
         self._version = version
-        self.last_sync = {"sync/seconds": time.perf_counter() - t0, "sync/bytes": float(nbytes),
-                          "sync/full_bytes": float(full), "sync/tensors_reloaded": float(len(names)), **extra}
+        self.last_sync = {"time/sync_s": time.perf_counter() - t0, "weight_sync/bytes": float(nbytes),
+                          "weight_sync/full_bytes": float(full), "weight_sync/tensors_reloaded": float(len(names)), **extra}
 
     def load_weights(self, model_dir: Path, version: int) -> None:
         """Sync from a model directory (a checkpoint of ``version`` in the store): read into the host copy, then

@@ -107,8 +107,8 @@ def test_greedy_after_sync_equals_transformers_engine(engine, prompt_ids, vllm_m
     new = _perturbed(vllm_model, scale=0.3, density=0.5, seed=0)
     engine.load_state_dict(new, version=1)
     assert engine.policy_version == 1
-    assert engine.last_sync["sync/bytes"] == engine.last_sync["sync/full_bytes"] > 0
-    assert engine.last_sync["sync/seconds"] > 0
+    assert engine.last_sync["weight_sync/bytes"] == engine.last_sync["weight_sync/full_bytes"] > 0
+    assert engine.last_sync["time/sync_s"] > 0
     hf = TransformersEngine(vllm_model)
     hf.load_state_dict(new, version=1)
     after, reference = engine.generate(prompt_ids, 1, sp), hf.generate(prompt_ids, 1, sp)
@@ -137,6 +137,6 @@ def test_delta_sync_equals_full_sync_bitwise(engine, vllm_model):
     # and the generator holds the trainer's weights: the host copy vLLM was fed equals them bitwise
     for name, tensor in step.items():
         assert torch.equal(engine.model.state_dict()[name], tensor), name
-    assert stats["sync/bytes"] < 0.1 * stats["sync/full_bytes"]
-    print(f"delta sync at 1% density: {stats['sync/bytes']:.0f} of {stats['sync/full_bytes']:.0f} bytes")
+    assert stats["weight_sync/bytes"] < 0.1 * stats["weight_sync/full_bytes"]
+    print(f"delta sync at 1% density: {stats['weight_sync/bytes']:.0f} of {stats['weight_sync/full_bytes']:.0f} bytes")
     engine.settings = VLLMSettings(sync="full")

@@ -30,7 +30,7 @@ def test_vllm_flow_records_policy_version_on_every_row(prefect_server, vllm_mode
     metrics = [dict(zip(cols, r, strict=True)) for r in table]
     synced = [s for s in range(1, 5) if expected[s] != expected[s - 1]]  # generation of step s followed a sync
     for m in metrics:
-        seconds, nbytes = m.get("sync_seconds"), m.get("sync_bytes")
+        seconds, nbytes = m.get("time_sync_s"), m.get("weight_sync_bytes")
         assert (seconds is not None and seconds > 0 and nbytes > 0) == (m["step"] in synced), m
         gap = m["logprob_engine_trainer_abs_diff_max"]
         if expected[m["step"]] == m["step"]:  # the generator held the trainer's weights: only numerics differ
