@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from rlcadence.devices import DEVICE_PATTERN, check_device, check_world_size
 from rlcadence.engines.base import SamplingParams
+from rlcadence.engines.settings import VLLM_MISSING, EngineKind, VLLMSettings, vllm_installed
 from rlcadence.environments.spec import EnvironmentSpec
 from rlcadence.models.config import TinyModelConfig
 from rlcadence.objectives_config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
@@ -145,6 +146,10 @@ class RLConfig(Strict):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Trainer and reference model (and, unless given "
                         "their own, generator and evaluation): auto (CUDA when available), cpu, cuda, cuda:N.")
     generator_device: str | None = Field(None, pattern=DEVICE_PATTERN, description="None: same as `device`.")
+    engine: EngineKind = Field(
+        "auto", description="Generation engine: transformers (a sampling loop, runs anywhere), vllm (needs the "
+        "[vllm] extra), or auto: vLLM when it is installed and the generator is on CUDA, else transformers.")
+    vllm: VLLMSettings = VLLMSettings()
     reference_offload: bool = Field(False, description="On CUDA, keep the reference model on the CPU between uses.")
     activation_checkpointing: bool = Field(False, description="Recompute activations in backward (less memory).")
     bf16_autocast: bool = Field(True, description="bf16 autocast for forward/backward on CUDA (ignored on CPU).")
@@ -169,6 +174,13 @@ class RLConfig(Strict):
     def _cadence(cls, v: Cadence) -> Cadence:
         if v != "offline" and v < 1:
             raise ValueError("must be a positive number of steps (1 = online) or 'offline'")
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _engine_installed(cls, v: str) -> str:
+        if v == "vllm" and not vllm_installed():
+            raise ValueError(VLLM_MISSING)
         return v
 
     @field_validator("device", "generator_device")

@@ -91,6 +91,17 @@ class PolicyLossConfig(_Strict):
     )
 
 
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="Truncated importance sampling (Yao et al. 2025, 'Your efficient RL framework secretly brings you "
+        "off-policy RL training'): each token's policy-gradient term is weighted by min(exp(trainer_logp_old - "
+        "engine_logp), tis_cap), and the PPO ratio's old log-prob becomes the trainer's own (computed before the "
+        "update). Corrects for the generator's numerics differing from the trainer's. None (default): off; 2.0 "
+        "is the paper's value.",
+    )
+
+
 class FilterConfig(_Strict):
     """DASH gradient filtering: back-propagate a row only if |A| > tau."""
 

@@ -14,7 +14,29 @@ def seed_model_dir(config: RLConfig) -> Path | None:
     """The checked seed model directory; None for the embedded bootstrap model (built by the flow)."""
     from rlcadence.models.source import check_model_dir, resolve_model_dir
 
-    return None if config.model is None else check_model_dir(resolve_model_dir(config.model))
+    if config.model is None:
+        return None
+    path = check_model_dir(resolve_model_dir(config.model))
+    if config.engine != "transformers":
+        from rlcadence.devices import resolve_device
+        from rlcadence.engines.settings import resolve_engine
+
+        if resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type) == "vllm":
+            check_vllm_architecture(path)
+    return path
+
+
+def check_vllm_architecture(path: Path) -> None:
+    """``engine: vllm``: the model's architecture must be one vLLM implements; else fail naming the path."""
+    from vllm import ModelRegistry
+
+    from rlcadence.models.source import UnusableModel
+
+    archs = json.loads((path / "config.json").read_text()).get("architectures") or []
+    supported = set(ModelRegistry.get_supported_archs())
+    if not any(a in supported for a in archs):
+        raise UnusableModel(f"model {path}: architecture {', '.join(archs) or '(none)'} is not one vLLM can load "
+                            "(engine=vllm); use engine=transformers")
 
 
 class TrainProcessesError(ValueError):

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from rlcadence.config import RLConfig, is_due
 from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.hf import TransformersEngine
+from rlcadence.engines.settings import resolve_engine
 from rlcadence.environments.mix import Environment, open_environments
 from rlcadence.preflight import default_max_prompt_tokens, model_positions
 from rlcadence.storage.checkpoints import (
@@ -122,7 +123,8 @@ class RunState:
         self.generator_device = resolve_device(config.generator_device or config.device)
         configure_matmul(self.device)
         self.policy: Policy | None = None
-        self.engine: TransformersEngine | None = None
+        self.engine: TransformersEngine | None = None  # or a VLLMEngine (engine: vllm)
+        self.sync_metrics: dict[str, float] = {}  # the latest generator sync, taken by the train stage
         self.ref_model: torch.nn.Module | None = None
         self.ref_version: int | None = None
         self.writer = CheckpointWriter()
@@ -287,19 +289,47 @@ class RunState:
         for v in [v for v in self._held if v not in keep]:
             del self._held[v]
 
+    @property
+    def engine_kind(self) -> str:
+        return resolve_engine(self.config.engine, self.generator_device.type)
+
+    def _new_engine(self) -> TransformersEngine:
+        device = str(self.generator_device)
+        if self.engine_kind == "vllm":
+            from rlcadence.engines.vllm import VLLMEngine  # imports vLLM: only when asked for
+
+            name = self.config.vllm.dtype
+            dtype = self.generator_dtype if name == "auto" else getattr(torch, name)
+            return VLLMEngine(self.checkpoint_dir(0), version=0, device=device, dtype=dtype, settings=self.config.vllm)
+        return TransformersEngine(self.checkpoint_dir(0), version=0, device=device, dtype=self.generator_dtype)
+
     def generator_at(self, version: int) -> TransformersEngine:
-        """The generation engine holding policy ``version`` (synced from memory when it is there)."""
+        """The generation engine holding policy ``version`` (synced from memory when it is there); the
+        sync's seconds and bytes go to :attr:`sync_metrics`."""
         if self.engine is None:
-            self.engine = TransformersEngine(self.checkpoint_dir(0), version=0, device=str(self.generator_device),
-                                             dtype=self.generator_dtype)
+            self.engine = self._new_engine()
+        wake = getattr(self.engine, "wake_up", None)
+        if wake is not None:
+            wake()
         if self.engine.policy_version != version:
             weights = self.weights_of(version)
             if weights is None:
                 self.engine.load_weights(self.weights_dir(version), version)
             else:
                 self.engine.load_state_dict(weights, version)
+            self.sync_metrics = dict(self.engine.last_sync)
             self._drop_held()
         return self.engine
+
+    def release_generator(self) -> None:
+        """After generation: vLLM's sleep mode (CUDA, ``vllm.sleep_between_steps``) frees its memory for the trainer."""
+        sleep = getattr(self.engine, "sleep", None)
+        if sleep is not None:
+            sleep()
+
+    def pop_sync_metrics(self) -> dict[str, float]:
+        out, self.sync_metrics = self.sync_metrics, {}
+        return out
 
     def reference_at(self, version: int) -> torch.nn.Module:
         """The reference model at policy ``version``: no grad, eval mode, on the trainer's device."""

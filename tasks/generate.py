@@ -62,6 +62,7 @@ def generate(run: RunState, step: int) -> str:
     for i in range(0, len(prompts), chunk):  # one call = pre-sampling; several = per-micro-batch sampling
         call = cfg.sampling.model_copy(update={"seed": derive_seed(cfg.seed, step, "generate", i)})
         groups += engine.generate(prompt_ids[i : i + chunk], cfg.group_size, call)
+    run.release_generator()
     faults.maybe_crash("generate", step)
     table = completions_table(run.run_id, step, version, prompts, prompt_ids, groups, time.perf_counter() - t0)
     return run.loc.write_bytes(tables.table_to_parquet_bytes(table), "staging", run.run_id, f"step={step}",

@@ -25,6 +25,7 @@ def train(run: RunState, step: int) -> dict[str, float]:
     metrics["time/train_s"] = time.perf_counter() - t0
     metrics |= run.checkpoint_if_due(policy)
     metrics |= update_diagnostics(run, policy, last_sync=last_sync)
+    metrics |= run.pop_sync_metrics()  # the sync before this step's generation (seconds, bytes), if any
     metrics["sync/generator_version"] = float(policy.state.generator_version)
     metrics["sync/ref_version"] = float(policy.state.ref_version)
     return metrics

@@ -20,11 +20,12 @@ def cadence(sync_every: int | str) -> str:
 
 
 def engine_name(config: RLConfig) -> str:
-    """The generation engine's short name (the in-process transformers engine unless the config names one)."""
-    engine = getattr(config, "engine", None)
-    if engine is None:
-        return "hf"
-    return str(getattr(engine, "kind", None) or getattr(engine, "name", None) or engine)
+    """The generation engine's short name as it will run (``auto`` resolved): ``hf`` (transformers) or ``vllm``."""
+    from rlcadence.devices import resolve_device
+    from rlcadence.engines.settings import resolve_engine
+
+    kind = resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type)
+    return "hf" if kind == "transformers" else kind
 
 
 def run_tags(config: RLConfig) -> list[str]:

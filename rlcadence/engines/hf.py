@@ -8,6 +8,7 @@ which is what makes a resumed step identical to an uninterrupted one.
 from __future__ import annotations
 
 import inspect
+import time
 from pathlib import Path
 
 import torch
@@ -20,6 +21,23 @@ from rlcadence.prompts import pad_token_id
 hf_logging.disable_progress_bar()  # per-load bars would flood flow logs; one tiny model loads many times
 
 
+def stop_token_ids(tokenizer, model) -> set[int]:
+    """The tokenizer's EOS plus every eos id of the model's generation config (Qwen: <|im_end|> and
+    <|endoftext|>; Llama 3: <|end_of_text|> and <|eot_id|>)."""
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, list | tuple) else {gen_eos}
+    return {int(i) for i in ids if i is not None}
+
+
+def completion_text(tokenizer, ids: list[int], stops: list[str]) -> str:
+    """A completion's text, special tokens skipped, cut before the earliest stop string (as vLLM and the
+    OpenAI API do); both engines use this, so their rows agree on the same tokens."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return text[: min(found)] if found else text
+
+
 class TransformersEngine:
     """An :class:`~rlcadence.engines.base.Engine` over ``AutoModelForCausalLM``."""
 
@@ -28,6 +46,7 @@ class TransformersEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
         self._version = version
+        self.last_sync: dict[str, float] = {}  # seconds and bytes of the latest sync (for the step's metrics)
 
     @property
     def policy_version(self) -> int:
@@ -39,16 +58,14 @@ class TransformersEngine:
 
     def load_state_dict(self, state: dict[str, torch.Tensor], version: int) -> None:
         """In-process weight sync (no disk round trip) from a trainer on the same machine."""
+        t0 = time.perf_counter()
         self.model.load_state_dict(state)
         self._version = version
+        nbytes = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        self.last_sync = {"time/sync_s": time.perf_counter() - t0, "weight_sync/bytes": float(nbytes)}
 
     def stop_token_ids(self) -> set[int]:
-        """The tokenizer's EOS plus every eos id of the model's generation config (Qwen: <|im_end|> and
-        <|endoftext|>; Llama 3: <|end_of_text|> and <|eot_id|>)."""
-        ids = {self.tokenizer.eos_token_id}
-        gen_eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
-        ids |= set(gen_eos) if isinstance(gen_eos, list | tuple) else {gen_eos}
-        return {int(i) for i in ids if i is not None}
+        return stop_token_ids(self.tokenizer, self.model)
 
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], n: int, sampling: SamplingParams) -> list[list[Completion]]:
@@ -154,6 +171,7 @@ def engine_from_model(model, tokenizer, version: int) -> TransformersEngine:
     """Wrap an in-memory model (e.g. the trainer's, for evaluation) without copying it."""
     engine = TransformersEngine.__new__(TransformersEngine)
     engine.model, engine.tokenizer, engine._version = model, tokenizer, version
+    engine.last_sync = {}
     param = next(model.parameters())
     engine.device, engine.dtype = param.device, param.dtype
     return engine

@@ -10,7 +10,13 @@ from rlcadence.objectives.dpo import (
 )
 from rlcadence.objectives.filtering import gradient_filter_mask
 from rlcadence.objectives.kl import kl_estimate, kl_k1, kl_k2, kl_k3
-from rlcadence.objectives.policy_loss import LossOutput, loss_normalizer, policy_loss
+from rlcadence.objectives.policy_loss import (
+    LossOutput,
+    logprob_agreement,
+    loss_normalizer,
+    policy_loss,
+    tis_weights,
+)
 from rlcadence.objectives.sequence import masked_entropy, masked_token_logprobs, sequence_logprob_sum
 
 __all__ = [
@@ -27,6 +33,8 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "tis_weights",
+    "logprob_agreement",
     "loss_normalizer",
     "masked_entropy",
     "masked_token_logprobs",

@@ -6,6 +6,8 @@ Per valid token t of row i (PPO, arXiv 1707.06347 eq. 7; GRPO, arXiv 2402.03300 
     l_it   = -min(rho_it * A_i, clip(rho_it, 1 - eps_low, 1 + eps_high) * A_i) + beta * KL_it
     clip_delta (INTELLECT-2 / TRL delta): the first rho_it is min(rho_it, delta) (two-sided clipping);
     kl_bias_correction (DeepSeek-V3.2 / TRL use_bias_correction_kl): KL_it is multiplied by rho_it.
+    is_weights w_it (truncated importance sampling, ``tis_cap``): the policy-gradient term is w_it * l_it,
+    w_it = min(exp(trainer_old_it - engine_it), C) computed by :func:`tis_weights`, no gradient.
 
 With one gradient step per generated batch rho == 1 and this is the vanilla policy gradient (DASH).
 Aggregation (``PolicyLossConfig.aggregation``), with D = ``normalizer`` from ``loss_normalizer``:
@@ -85,6 +87,7 @@ def policy_loss(
     normalizer: float,
     cfg: PolicyLossConfig,
     ref_logprobs: torch.Tensor | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> LossOutput:
     """PPO-clip (+ beta * KL) loss of the rows given (pass only kept rows), divided by ``normalizer``.
 
@@ -106,6 +109,8 @@ def policy_loss(
     lo, hi = 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high
     capped = ratio if cfg.clip_delta is None else ratio.clamp(max=cfg.clip_delta)  # [N, L] two-sided clip
     surrogate = torch.minimum(capped * adv, ratio.clamp(lo, hi) * adv)  # [N, L]
+    if is_weights is not None:
+        surrogate = surrogate * is_weights.detach().to(logp.dtype)  # [N, L] truncated IS weight per token
     pg = (-surrogate).masked_fill(~valid, 0.0)  # [N, L]
     clipped = ((ratio > hi) & (adv > 0)) | ((ratio < lo) & (adv < 0))  # [N, L] min() took the clipped side
     if cfg.clip_delta is not None:
@@ -136,4 +141,26 @@ def policy_loss(
             "ratio/min": float(r.min()) if n else 0.0,
             "tokens/valid": float(n),
         }
+        if is_weights is not None:
+            metrics["tis/weight_mean"] = float(is_weights[valid].mean()) if n else 0.0
     return LossOutput(loss=loss, metrics=metrics)
+
+
+def tis_weights(trainer_old: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance weights min(exp(trainer_old - engine), cap) per token [N, L] (1 off the mask).
+
+    trainer_old: the trainer's log-probs of the sampled tokens before the update; engine: the generator's.
+    """
+    w = torch.exp(trainer_old.detach() - engine.detach()).clamp(max=cap)  # [N, L]
+    return w.masked_fill(mask <= 0, 1.0)
+
+
+def logprob_agreement(trainer: torch.Tensor, engine: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mean and max over valid tokens of |engine - trainer| log-prob (trl#4772: a silent mismatch between the
+    generator's and the trainer's numerics biases the update; this is the number to watch)."""
+    valid = mask > 0  # [N, L]
+    if not bool(valid.any()):
+        return {}
+    diff = (engine.detach().double() - trainer.detach().double()).abs()[valid]  # [n]
+    return {"logprob/engine_trainer_abs_diff_mean": float(diff.mean()),
+            "logprob/engine_trainer_abs_diff_max": float(diff.max())}

@@ -18,7 +18,7 @@ import torch
 
 from rlcadence.config import OptimizerConfig, RLConfig
 from rlcadence.devices import autocast
-from rlcadence.objectives import dpo_loss, loss_normalizer, policy_loss
+from rlcadence.objectives import dpo_loss, logprob_agreement, loss_normalizer, policy_loss, tis_weights
 from rlcadence.trainer.diagnostics import adam_moment_grad_cosine
 from rlcadence.trainer.logprobs import token_logprobs
 
@@ -223,6 +223,10 @@ def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor
     """GRPO / PPO-clip: ``ppo_epochs`` passes x ``mini_batches`` optimizer steps over the kept rows.
 
     ``train/entropy`` is the mean next-token entropy over the completion tokens of the first pass.
+    ``logprob/engine_trainer_abs_diff_*`` compares the generator's log-probs with the trainer's before any
+    optimizer step (the first mini-batch; all kept rows with ``tis_cap``, which computes them all first).
+    With ``policy_loss.tis_cap`` the PPO ratio is taken against the trainer's own pre-update log-probs and
+    each token is weighted by the truncated importance weight (:func:`~rlcadence.objectives.tis_weights`).
     """
     model.train()
     plan, device = MicroBatching.of(cfg), device_of(model)
@@ -232,16 +236,27 @@ def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor
     advantages = advantages.to(device)
     metrics: list[dict[str, float]] = []
     entropy_sum, entropy_tokens = torch.zeros((), device=device), 0.0
+    cap = cfg.policy_loss.tis_cap
+    is_weights = None
+    agreement: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (trainer, engine, mask) pre-update
+    if cap is not None and len(kept_idx):
+        trainer_old = pre_update_logprobs(model, batch, kept_idx, lengths, plan)  # [N, T-1]
+        agreement.append((trainer_old[kept_idx], batch.old_logprobs[kept_idx], batch.completion_mask[kept_idx]))
+        is_weights = tis_weights(trainer_old, batch.old_logprobs, batch.completion_mask, cap)  # [N, T-1]
+        batch = PackedBatch(batch.input_ids, batch.attention_mask, batch.completion_mask, trainer_old)
     for epoch in range(cfg.ppo_epochs):
-        for mini in _chunks(len(kept_idx), cfg.mini_batches):
+        for m, mini in enumerate(_chunks(len(kept_idx), cfg.mini_batches)):
             rows = kept_idx[mini]
             norm = _mini_batch_normalizer(batch, kept, rows, cfg, max_len)
             micro_metrics: list[dict[str, float]] = []
             for micro in micro_batches(rows, lengths, plan):
                 mb = batch.micro(micro, device)
                 logp, entropy = forward_logprobs(model, mb, plan, entropy=epoch == 0)
+                if epoch == 0 and m == 0 and cap is None:  # before any optimizer step: the engine's weights
+                    agreement.append((logp.detach(), mb.old_logprobs, mb.completion_mask))
+                w = None if is_weights is None else is_weights[micro, : mb.completion_mask.shape[1]].to(device)
                 out = policy_loss(logp, mb.old_logprobs, advantages[micro.to(device)], mb.completion_mask, norm,
-                                  cfg.policy_loss, ref_logprobs=_ref_logprobs(ref_model, mb, plan))
+                                  cfg.policy_loss, ref_logprobs=_ref_logprobs(ref_model, mb, plan), is_weights=w)
                 out.loss.backward()
                 if entropy is not None:
                     entropy_sum += entropy.sum()
@@ -249,11 +264,32 @@ def policy_update(model, optimizer, batch: PackedBatch, advantages: torch.Tensor
                 micro_metrics.append(out.metrics)
             if len(rows):
                 metrics.append(_combine_micro(micro_metrics) | optimizer_step(model, optimizer, cfg.optimizer))
-    result = _average(metrics)
+    result = _average(metrics) | _agreement(agreement)
     result["train/rows_backpropagated"] = float(len(kept_idx) * cfg.ppo_epochs)
     if len(kept_idx):
         result["train/entropy"] = float(entropy_sum) / entropy_tokens if entropy_tokens else 0.0
     return result
+
+
+def _agreement(parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> dict[str, float]:
+    """|engine - trainer| log-prob over the micro-batches' valid tokens (each [n, w] of its own width)."""
+    if not parts:
+        return {}
+    flat = [(t[m.to(t.device) > 0], e.to(t.device)[m.to(t.device) > 0]) for t, e, m in parts]
+    trainer, engine = torch.cat([t for t, _ in flat]), torch.cat([e for _, e in flat])  # [n]
+    return logprob_agreement(trainer, engine, torch.ones_like(trainer))
+
+
+@torch.no_grad()
+def pre_update_logprobs(model, batch: PackedBatch, rows: torch.Tensor, lengths: list[int],
+                        plan: MicroBatching) -> torch.Tensor:
+    """The trainer's log-probs [N, T-1] of ``rows`` (0 elsewhere) with its weights before the update."""
+    out = torch.zeros_like(batch.old_logprobs)  # [N, T-1] on the host, like the batch
+    for micro in micro_batches(rows, lengths, plan):
+        mb = batch.micro(micro, device_of(model))
+        logp, _ = forward_logprobs(model, mb, plan)  # [n, w-1]
+        out[micro, : logp.shape[1]] = logp.float().cpu()
+    return out
 
 
 def dpo_update(model, optimizer, chosen: PackedBatch, rejected: PackedBatch, ref_model, cfg: RLConfig) -> dict:

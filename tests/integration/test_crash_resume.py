@@ -45,9 +45,12 @@ def reference_run(prefect_server, seed_model, tmp_path_factory):
 
 
 def _metrics(store: str) -> list[dict]:
-    """Metric rows by column name, without what differs between any two runs (timings, peak RSS)."""
+    """Metric rows by column name, without what differs between any two runs (timings, peak RSS, and the
+    weight-sync figures: recorded by the process that synced, so a resumed process whose generate stage came
+    back Cached records none for that step)."""
     names = [c[0] for c in sql(store, "SELECT column_name FROM (DESCRIBE metrics)")
-             if not c[0].startswith("time_") and c[0] not in ("created_at", "run_id", "memory_peak_rss_bytes")]
+             if not c[0].startswith(("time_", "weight_sync_"))
+             and c[0] not in ("created_at", "run_id", "memory_peak_rss_bytes")]
     rows = sql(store, f"SELECT {', '.join(names)} FROM metrics ORDER BY step")
     return [dict(zip(names, r, strict=True)) for r in rows]
 

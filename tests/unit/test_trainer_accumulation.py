@@ -298,3 +298,44 @@ def test_dpo_token_budget_gives_the_one_batch_update(tiny, budget):
         cfg = _cfg(algorithm="dpo", dpo={"nll_weight": 1.0}, mini_batches=2, **extra)
         runs[bool(extra)] = _update(tiny, lambda m, o, cfg=cfg: dpo_update(m, o, chosen, rejected, ref, cfg))
     _assert_same(runs[True], runs[False])
+
+
+def test_truncated_is_that_never_binds_on_exact_logprobs_is_the_plain_update(tiny):
+    """Engine log-probs equal to the trainer's: every IS weight is 1, the ratio's old log-prob is the same, so
+    tis_cap changes nothing, and the agreement metric reads 0."""
+    model, tok = tiny
+    noisy, prompt_ids, completion_ids = _batch(tok, model)
+    with torch.no_grad():
+        exact = masked_token_logprobs(model(input_ids=noisy.input_ids, attention_mask=noisy.attention_mask).logits,
+                                      noisy.input_ids)
+    old = [exact[r][noisy.completion_mask[r] > 0].tolist() for r in range(len(noisy))]
+    batch = pack(prompt_ids, completion_ids, tok.pad_token_id, old)
+    kept = torch.ones(len(batch), dtype=torch.bool)
+    out = {}
+    plain = _update(tiny, lambda m, o: out.setdefault("plain", policy_update(m, o, batch, ADV, kept, _cfg())))
+    capped = _update(tiny, lambda m, o: out.setdefault("tis", policy_update(
+        m, o, batch, ADV, kept, _cfg(policy_loss={"tis_cap": 1e9}))))
+    _assert_same(capped, plain)
+    for key in ("plain", "tis"):
+        assert out[key]["logprob/engine_trainer_abs_diff_max"] < 1e-5
+
+
+def test_truncated_is_accumulates_over_micro_batches_and_measures_the_gap(tiny):
+    """With noisy engine log-probs (|noise| ~ 0.3) and a binding cap, micro-batches of 2 rows give the one-batch
+    update, and the agreement metric is the mean |noise| over completion tokens."""
+    model, tok = tiny
+    batch, *_ = _batch(tok, model)
+    kept = torch.ones(len(batch), dtype=torch.bool)
+    with torch.no_grad():
+        trainer = masked_token_logprobs(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
+                                        batch.input_ids)
+    gap = (trainer - batch.old_logprobs).abs()[batch.completion_mask > 0]
+    runs, metrics = {}, {}
+    for micro in (None, 2):
+        cfg = _cfg(micro=micro, policy_loss={"tis_cap": 1.2})
+        runs[micro] = _update(tiny, lambda m, o, cfg=cfg, micro=micro: metrics.setdefault(
+            micro, policy_update(m, o, batch, ADV, kept, cfg)))
+    _assert_same(runs[2], runs[None])
+    assert metrics[None]["logprob/engine_trainer_abs_diff_mean"] == pytest.approx(float(gap.mean()), rel=1e-4)
+    assert metrics[None]["logprob/engine_trainer_abs_diff_max"] == pytest.approx(float(gap.max()), rel=1e-4)
+    assert 0 < metrics[None]["tis/weight_mean"] < 1.2

