@@ -40,7 +40,9 @@ def test_two_ranks_equal_one_process(dp_out, name):
     before = case_weights(name)
     moved = _max_diff(ref["weights"], before)
     assert moved > 1e-4, "the update must change the weights, or equality proves nothing"
-    assert _max_diff(got, ref["weights"]) <= (1e-7 if sgd else 5e-7)
+    # SGD at lr 1: the weight difference is the gradient difference plus the rounding of w - g; weights are
+    # O(1), where one float32 ulp is 1.19e-7, and the all-reduce sums in another order (thread count too)
+    assert _max_diff(got, ref["weights"]) <= (2.5e-7 if sgd else 5e-7)
     metrics = torch.load(dp_out / name / "metrics.pt")
     for key in ("loss/policy", "train/grad_norm", "train/entropy", "train/rows_backpropagated"):
         assert metrics[key] == pytest.approx(ref["metrics"][key], rel=1e-5, abs=1e-7), key
