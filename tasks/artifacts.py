@@ -80,8 +80,7 @@ class RunBoard:
         self.terminal = TerminalProgress(self.cfg.steps, start_step, f"{self.cfg.run_label} · {run.run_id}")
         self.progress_id = self._safe(create_progress_artifact, self._percent(), key=self._key("progress"),
                                       description=self._progress_text())
-        self._progress_at = time.perf_counter()
-        self.publish()
+        self.publish()  # also starts the progress artifact's 2 s clock
 
     def _key(self, what: str) -> str:
         return artifact_key(self.run.run_id, what)
