@@ -63,27 +63,29 @@ class Policy:
     state: TrainerState
 
 
-class CheckpointWriter:
-    """Serialises and publishes checkpoints on one background thread, in order, off the step's critical path.
+class BackgroundWriter:
+    """Runs store jobs on one background thread, in order, off the step's critical path (checkpoints; the
+    in-run compaction on a second instance).
 
-    A failed write is raised at the next submit or at :meth:`wait`; a killed process leaves only temp files
+    A failed job is raised at the next submit or at :meth:`wait`; a killed process leaves only temp files
     (publishing is atomic), and resume falls back to the previous checkpoint plus replay.
     """
 
-    def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlc-ckpt")
+    def __init__(self, thread_name: str = "rlc-ckpt") -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._pending: list[Future] = []
-        self.last_write_s: float | None = None
+        self.last_write_s: float | None = None  # wall seconds of the last finished job
+        self.last_cpu_s: float | None = None  # its thread's CPU seconds (what it took from the step's cores)
 
     def submit(self, job) -> None:
         self._reap(block=False)
         self._pending.append(self._pool.submit(self._timed, job))
 
-    def _timed(self, job) -> str:
-        t0 = time.perf_counter()
-        uri = job()
-        self.last_write_s = time.perf_counter() - t0
-        return uri
+    def _timed(self, job):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        out = job()
+        self.last_write_s, self.last_cpu_s = time.perf_counter() - t0, time.thread_time() - c0
+        return out
 
     def _reap(self, block: bool) -> None:
         still = []
@@ -94,8 +96,14 @@ class CheckpointWriter:
                 still.append(fut)
         self._pending = still
 
-    def wait(self) -> None:
-        self._reap(block=True)
+    def wait(self) -> float:
+        """Block until every job is done; returns the seconds waited."""
+        t0 = time.perf_counter()
+        try:
+            self._reap(block=True)
+        finally:
+            self._pending = [f for f in self._pending if not f.done()]
+        return time.perf_counter() - t0
 
     def close(self) -> None:
         try:
@@ -127,7 +135,8 @@ class RunState:
         self.sync_metrics: dict[str, float] = {}  # the latest generator sync, taken by the train stage
         self.ref_model: torch.nn.Module | None = None
         self.ref_version: int | None = None
-        self.writer = CheckpointWriter()
+        self.writer = BackgroundWriter("rlc-ckpt")
+        self.compactor = BackgroundWriter("rlc-compact")  # the in-run compaction (tasks/commit.py)
         self._held: dict[int, dict[str, torch.Tensor]] = {}  # host copies of versions passed during a replay
         self._bf16: dict[int, dict[str, torch.Tensor]] = {}  # bf16 weights by version (update sparsity)
         self._persisted: set[int] = set()  # versions whose weights are in the store or being written
@@ -146,9 +155,12 @@ class RunState:
         self.close()
 
     def close(self) -> None:
-        """Finish pending checkpoint writes, stop scorer pools and drop the models."""
+        """Finish pending compaction and checkpoint writes, stop scorer pools and drop the models."""
         try:
-            self.writer.close()
+            try:
+                self.compactor.close()
+            finally:
+                self.writer.close()
         finally:
             for env in self._environments or []:
                 env.close()

@@ -49,7 +49,8 @@ from rlcadence.storage.tables import recently_written
 
 FANOUT = 10
 DEFAULT_TARGET_BYTES = 256 * 2**20
-ROW_GROUP_ROWS = 128 * 1024
+ROW_GROUP_ROWS = 1024 * 1024  # pyarrow's default, as a one-file copy gets: on S3 each row group is more GETs
+STREAM_ROW_GROUP_ROWS = 128 * 1024  # merges too large for memory buffer this many rows at a time
 IN_MEMORY_BYTES = 64 * 2**20  # sources up to this size are read at once; larger merges stream by file
 
 
@@ -83,7 +84,8 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def merged_bytes(loc: StoreLocation, group: list[Piece]) -> bytes:
-    """One zstd Parquet file with the rows of ``group`` in step order, in row groups of ~128K rows."""
+    """One zstd Parquet file with the rows of ``group`` in step order (row groups of up to 1M rows in memory,
+    128K when streamed)."""
     small = sum(p.size for p in group) <= IN_MEMORY_BYTES
     tables = [_read(loc, p) for p in group] if small else None
     if tables is not None:
@@ -106,11 +108,11 @@ def merged_bytes(loc: StoreLocation, group: list[Piece]) -> bytes:
             t = _conform(_read(loc, p), schema)
             buffered.append(t)
             rows += t.num_rows
-            if rows >= ROW_GROUP_ROWS:
-                writer.write_table(pa.concat_tables(buffered), row_group_size=ROW_GROUP_ROWS)
+            if rows >= STREAM_ROW_GROUP_ROWS:
+                writer.write_table(pa.concat_tables(buffered), row_group_size=STREAM_ROW_GROUP_ROWS)
                 buffered, rows = [], 0
         if buffered:
-            writer.write_table(pa.concat_tables(buffered), row_group_size=ROW_GROUP_ROWS)
+            writer.write_table(pa.concat_tables(buffered), row_group_size=STREAM_ROW_GROUP_ROWS)
     return sink.getvalue()
 
 
@@ -154,12 +156,12 @@ def merge(loc: StoreLocation, table: str, run_id: str, group: list[Piece]) -> No
 
 
 # -- recovery --------------------------------------------------------------------------------------------
-def recover(loc: StoreLocation, run_id: str, *, uploads: bool = True) -> int:
+def recover(loc: StoreLocation, run_id: str, *, sweep: bool = True) -> int:
     """Finish what a killed compaction of ``run_id`` left: publish a pending file (deleting what it
-    replaces first), drop a pending copy already published and any file a wider one covers, and temp
-    files (with ``uploads``, S3's unfinished multipart uploads too: a LIST the in-run compaction skips,
-    since the run's start already aborted them). Returns how many files it acted on. Only while no other
-    process writes the run."""
+    replaces first), drop a pending copy already published and any file a wider one covers; with
+    ``sweep``, also temp files, emptied step directories and S3's unfinished multipart uploads. Returns
+    how many files it acted on. With ``sweep`` only while nothing writes the run; without it (the in-run
+    compaction, on a thread beside the run's own writer) it touches only files of committed steps."""
     n = 0
     for table in STEP_TABLES:
         pieces = list_pieces(loc, table, run_id)[0].get(run_id, [])
@@ -175,13 +177,15 @@ def recover(loc: StoreLocation, run_id: str, *, uploads: bool = True) -> int:
         live = set(resolve(pieces))
         stray = [p for p in pieces if p not in live]  # covered by a compacted file: duplicates for a glob
         loc.delete_files([p.path for p in stray])
-        n += len(stray) + loc.sweep_temp_files(*run_dir(table, run_id))
+        n += len(stray)
+        if not sweep:  # a temp file or an empty step=<t>/ may be the run's writer at work
+            continue
+        n += loc.sweep_temp_files(*run_dir(table, run_id))
         if loc.is_local:  # step=<t>/ directories a kill left empty (their file deleted, the rmdir not reached)
             for name in loc.list_dirs(*run_dir(table, run_id)):
                 with contextlib.suppress(OSError):
                     os.rmdir(loc.path(*run_dir(table, run_id), name))
-        if uploads:
-            n += loc.abort_uploads(loc.path(*run_dir(table, run_id), ".compacted-"))
+        n += loc.abort_uploads(loc.path(*run_dir(table, run_id), ".compacted-"))
     return n
 
 
@@ -232,7 +236,7 @@ def compact_run(loc: StoreLocation, run_id: str, *, full: bool,
                 target_bytes: int = DEFAULT_TARGET_BYTES) -> list[TableCompaction]:
     """Recover, then merge the committed steps of ``run_id``: ``full`` into files of up to
     ``target_bytes`` (run end, ``rlcadence compact``), else by level (in the run, every N steps)."""
-    recover(loc, run_id, uploads=full)
+    recover(loc, run_id, sweep=full)
     upto = committed_through(loc, run_id)
     out = []
     for table in STEP_TABLES:

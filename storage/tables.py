@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import threading
 import time
 from collections import OrderedDict
 from datetime import datetime, timezone
@@ -103,6 +104,7 @@ def step_file(table: str, run_id: str, step: int) -> tuple[str, ...]:
 _RECENT: OrderedDict[tuple[str, str], tuple[pa.Table, int]] = OrderedDict()  # (table, its nbytes)
 _RECENT_BYTES = [0]
 _RECENT_MAX_BYTES = 256 * 2**20
+_RECENT_LOCK = threading.Lock()  # the in-run compaction reads it from its own thread
 
 
 def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, data: pa.Table) -> str:
@@ -113,11 +115,12 @@ def write_step_table(loc: StoreLocation, table: str, run_id: str, step: int, dat
     faults.maybe_crash_mid_write(loc, step_file(table, run_id, step), payload, table=table, step=step)
     uri = loc.write_bytes(payload, *step_file(table, run_id, step))
     key = (loc.uri, posixpath.join(*step_file(table, run_id, step)))
-    _forget(key)
-    _RECENT[key] = (data, data.nbytes)
-    _RECENT_BYTES[0] += data.nbytes
-    while _RECENT_BYTES[0] > _RECENT_MAX_BYTES and len(_RECENT) > 1:
-        _forget(next(iter(_RECENT)))
+    with _RECENT_LOCK:
+        _forget(key)
+        _RECENT[key] = (data, data.nbytes)
+        _RECENT_BYTES[0] += data.nbytes
+        while _RECENT_BYTES[0] > _RECENT_MAX_BYTES and len(_RECENT) > 1:
+            _forget(next(iter(_RECENT)))
     return uri
 
 
@@ -129,7 +132,8 @@ def _forget(key: tuple[str, str]) -> None:
 
 def recently_written(loc: StoreLocation, path: str) -> pa.Table | None:
     """The table this process last wrote to ``path`` (relative to the root) of ``loc``, if still cached."""
-    hit = _RECENT.get((loc.uri, path))
+    with _RECENT_LOCK:
+        hit = _RECENT.get((loc.uri, path))
     return hit[0] if hit is not None else None
 
 

@@ -105,6 +105,7 @@ def start_run(run: RunState, model_dir: str) -> RunStart:
 def finish_run(run: RunState, summary: dict) -> dict:
     summary["final_model"] = export_final_model(run, run.config.steps)
     if run.config.compact_every:
+        run.compactor.wait()  # the last in-run merge, then everything into large files
         compact_run(run.loc, run.run_id, full=True)
     extra = {k: v for k, v in summary.items() if k != "run_id"}
     tables.write_run_status(run.loc, run.run_id, "completed", _params(run), flow_run_id=str(runtime.flow_run.id or ""), **extra)

@@ -141,3 +141,33 @@ def test_compact_refuses_a_running_run(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_in_run_compaction_leaves_the_writers_files_alone(tmp_path):
+    """The in-run merge runs on a thread beside the run's writer: a temp file the writer is filling and the
+    step directory it just made must survive it (a full compaction, with nothing writing, sweeps both)."""
+    loc = open_location(str(tmp_path / "store"))
+    _write_run(loc)
+    writing = tmp_path / "store" / "rollouts" / "run_id=r" / f"step={STEPS}"
+    writing.mkdir()
+    temp = writing / ".part-0.parquet.0123456789abcdef0123456789abcdef.tmp"
+    temp.write_bytes(b"half a file")
+    compaction.compact_run(loc, "r", full=False)
+    assert temp.read_bytes() == b"half a file"
+    _views_exact(loc)
+    compaction.compact_run(loc, "r", full=True)
+    assert not writing.exists()
+    _views_exact(loc)
+
+
+def test_background_writer_raises_a_failed_job_at_the_next_wait():
+    from rlcadence.run_state import BackgroundWriter
+
+    jobs = BackgroundWriter("test")
+    jobs.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        jobs.wait()
+    assert jobs.wait() >= 0.0  # reaped once: the next wait does not raise it again
+    jobs.submit(lambda: None)
+    jobs.close()
+    assert jobs.last_write_s is not None and jobs.last_cpu_s is not None
