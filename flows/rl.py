@@ -6,7 +6,8 @@
         theta_t+1   <- train(theta_t, rollouts_t)                 # checkpoint t+1
         every E:       evaluate(theta_t+1)
         commit metrics_t                                          # the step's commit point
-"""
+
+Steps run ten to a Prefect task run by default (``task_span``, tasks/loop.py)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,8 @@ from rlcadence.preflight import check_environments, check_train_processes, seed_
 from rlcadence.run_state import RunState
 from rlcadence.storage.results import result_storage_for
 from rlcadence.tasks.artifacts import RunBoard
-from rlcadence.tasks.commit import commit
-from rlcadence.tasks.evaluate import evaluate
-from rlcadence.tasks.generate import generate
+from rlcadence.tasks.loop import STAGES, StepResult, run_step, segment, segment_of, task_call
 from rlcadence.tasks.run import failure_recorded, finish_run, stable_run_id, start_run
-from rlcadence.tasks.score import score
-from rlcadence.tasks.train import train
 from rlcadence.tasks.ui import flow_run_name, label_flow_run
 
 __all__ = ["rl", "seed_model", "stable_run_id"]
@@ -53,7 +50,8 @@ def rl(config: RLConfig = RLConfig()) -> dict:
     run_id = stable_run_id(config)
     model_dir = seed_model(config)
     results = result_storage_for(config.store, config.s3)
-    gen, sc, tr, ev, com = (t.with_options(result_storage=results) for t in (generate, score, train, evaluate, commit))
+    tasks = {name: t.with_options(result_storage=results) for name, t in STAGES.items()}
+    ev = tasks["evaluate"]
     # The run's tags go on the flow run only (label_flow_run): a tagged task run costs Prefect a concurrency-slot
     # API call, which was the largest part of the per-step orchestration overhead (bench/RESULTS.md section 8).
     with RunState(config, run_id) as run, failure_recorded(run):
@@ -62,18 +60,23 @@ def rl(config: RLConfig = RLConfig()) -> dict:
         before = ev(run, 0)
         log.info(f"run {run_id}: start at step {start.start_step}/{config.steps}; held-out accuracy {_fmt(before)}")
         board = RunBoard(run, start.start_step, before)
-        after = before
-        for step in range(start.start_step, config.steps):
-            generated = gen(run, step)
-            scored = sc(run, step, generated)
-            trained = tr(run, step)
-            last = step + 1 == config.steps
-            evaluated = ev(run, step + 1) if (step + 1) % config.eval_every == 0 or last else {}
-            metrics = {**scored, **trained, **evaluated}
-            com(run, step, metrics)
-            board.step_done(step, metrics)
-            after = evaluated or after
-            log.info(f"step {step}: reward {scored['reward/mean']:.3f}" + (f", held-out {_fmt(evaluated)}" if evaluated else ""))
+        latest = {"evaluated": before}
+
+        def step_done(done: StepResult) -> None:
+            board.step_done(done.step, done.metrics)
+            latest["evaluated"] = done.evaluated or latest["evaluated"]
+            log.info(f"step {done.step}: reward {done.metrics['reward/mean']:.3f}"
+                     + (f", held-out {_fmt(done.evaluated)}" if done.evaluated else ""))
+
+        run.next_step = step = start.start_step
+        while step < config.steps:
+            if config.task_span == "stage":
+                step_done(run_step(run, step, task_call(tasks)))
+                step += 1
+            else:
+                first, last = segment_of(step, config.segment_steps, config.steps)
+                step = segment(run, first, last, step_done)
+        after = latest["evaluated"]
         if start.start_step >= config.steps:
             after = ev(run, config.steps)
         summary = {

@@ -142,6 +142,13 @@ class RLConfig(Strict):
         100, ge=0, description="Every N steps the committed step files of the rollouts and metrics tables are "
         "merged into one file (and 10 such files into one), and at the run's end into files of up to 256 MiB; "
         "0 = never (`rlcadence compact` still can). Queries read the same rows either way.")
+    task_span: Literal["segment", "stage"] = Field(
+        "segment", description="What one Prefect task run covers. 'segment': `segment_steps` steps (task run "
+        "`steps[10-19]`); each stage's result is recorded in the run's staging area, so a crash or retry resumes at "
+        "the stage, and Prefect's cost per step stays small (bench/orchestration_overhead.py). 'stage': one task "
+        "run per stage and step (`generate[step 12]`), resumed through Prefect's result cache.")
+    segment_steps: int = Field(10, ge=1, description="Steps per task run when task_span is 'segment'; segments "
+                               "start at multiples of it, so a resumed run's segments line up with the first run's.")
     checkpoint_shard_bytes: int = Field(2 * 1024**3, ge=1024**2, description="Safetensors shard size cap.")
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Trainer and reference model (and, unless given "
                         "their own, generator and evaluation): auto (CUDA when available), cpu, cuda, cuda:N.")

@@ -141,6 +141,8 @@ class RunState:
         self._bf16: dict[int, dict[str, torch.Tensor]] = {}  # bf16 weights by version (update sparsity)
         self._persisted: set[int] = set()  # versions whose weights are in the store or being written
         self._environments: list[Environment] | None = None
+        self.stage_seconds = 0.0  # inside stage functions since the last commit (tasks/stage.py)
+        self.next_step: int | None = None  # the first step not yet committed by this process (set by the loop)
 
     def __reduce__(self):
         return (RunState, (self.config, self.run_id))  # live objects never travel: the copy rebuilds them

@@ -25,6 +25,9 @@ def commit(run: RunState, step: int, metrics: dict[str, float]) -> str:
     """Commit the step (its metrics row is the commit point), then drop staging and old checkpoints."""
     cfg, loc = run.config, run.loc
     envs = ",".join(e.name for e in cfg.environments)
+    # this step's generate..evaluate and the previous commit: step wall minus this is orchestration
+    metrics = {**metrics, "time/stages_s": run.stage_seconds}
+    run.stage_seconds = 0.0
     if cfg.compact_every:
         metrics = {**metrics, **compaction_metrics(run)}
     uri = tables.write_metrics(loc, run.run_id, step, {"environments": envs, **metrics_columns(metrics)})

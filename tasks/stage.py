@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable
 
 from prefect import task
@@ -52,6 +53,9 @@ def stage_run_name(name: str) -> Callable[..., str]:
 def stage(name: str):
     """``@stage("generate")``: a Prefect task named ``name`` whose result is cached per (run, step).
 
+    ``fn`` itself (``generate.fn``) is the same stage without Prefect: what a segment task calls.
+    The seconds spent inside a stage add to ``run.stage_seconds``; the commit stage records them per step.
+
     An exception leaving the stage carries ``rlcadence_stage`` and ``rlcadence_step``, so the flow can mark
     the run failed saying where (attributes survive the pickling of a persisted failure)."""
     def decorate(fn: Callable) -> Callable:
@@ -61,6 +65,7 @@ def stage(name: str):
         def located(*args, **kwargs):
             bound = signature.bind_partial(*args, **kwargs).arguments
             step = bound.get("step", bound.get("policy_step"))
+            t0 = time.perf_counter()
             try:
                 faults.maybe_fail(name, step)
                 return fn(*args, **kwargs)
@@ -68,6 +73,10 @@ def stage(name: str):
                 if not hasattr(err, "rlcadence_stage"):
                     err.rlcadence_stage, err.rlcadence_step = name, step
                 raise
+            finally:
+                run = bound.get("run")
+                if run is not None:  # the time inside stages, against which orchestration is measured
+                    run.stage_seconds += time.perf_counter() - t0
 
         return task(name=name, task_run_name=stage_run_name(name), cache_key_fn=stage_key(name),
                     persist_result=True, retries=2, retry_delay_seconds=1)(located)

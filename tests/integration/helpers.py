@@ -28,6 +28,7 @@ def small_config(seed_model: Path, store: str, **overrides) -> dict:
         "eval_size": 50,
         "bootstrap": {"environment": {"n_heldout": 50}},
         "compact_every": 2,  # compaction on in every flow test: in the run every 2 steps, and at its end
+        "segment_steps": 3,  # a 4-step run crosses a segment boundary (task_span: segment, the default)
     }
     for key, value in overrides.items():
         cfg[key] = value

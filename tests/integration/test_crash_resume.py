@@ -7,6 +7,7 @@ seeded random times. The end state is compared exactly: rollout rows, metrics, b
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -100,12 +101,14 @@ def _assert_nothing_left_running(run_id: str, within_s: float = 20.0) -> None:
         time.sleep(1)
 
 
-@pytest.mark.parametrize("crash_at", ["generate:2", "write:rollouts:2"])
-def test_sigkill_then_resume_matches_uninterrupted(reference_run, seed_model, tmp_path, crash_at):
+@pytest.mark.parametrize(("crash_at", "span"), [("generate:2", "segment"), ("write:rollouts:2", "segment"),
+                                              ("write:rollouts:2", "stage")])
+def test_sigkill_then_resume_matches_uninterrupted(reference_run, seed_model, tmp_path, crash_at, span):
     store = str(tmp_path / "store")
-    run_id = f"victim-{crash_at.replace(':', '-')}"
-    crashed = run_cli("run", "--config", str(_config(tmp_path, seed_model, store)), "--run-id", run_id,
-                      env={"RLCADENCE_CRASH_AT": crash_at})
+    run_id = f"victim-{crash_at.replace(':', '-')}-{span}"
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(json.loads(_config(tmp_path, seed_model, store).read_text()) | {"task_span": span}))
+    crashed = run_cli("run", "--config", str(cfg), "--run-id", run_id, env={"RLCADENCE_CRASH_AT": crash_at})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
 
     # What queries see after the crash: only the completed steps, no partial file.
@@ -113,18 +116,21 @@ def test_sigkill_then_resume_matches_uninterrupted(reference_run, seed_model, tm
     if crash_at.startswith("write"):
         assert list(Path(store).rglob("*.tmp")), "the fail point should have left a half-written temp file"
 
-    resumed = run_cli("resume", run_id, "--store", store)
+    # Completed stages are skipped: killed in score, step 2's generation comes back from the store (segment)
+    # or Prefect's cache (stage). Arming a kill in it proves it: generating again would kill the resume.
+    skip = {"RLCADENCE_CRASH_AT": "generate:2"} if crash_at.startswith("write") else {}
+    resumed = run_cli("resume", run_id, "--store", store, env=skip)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_as_reference(store, run_id, reference_run[0])
 
-    # Completed stages were skipped: after a crash in the Parquet write, generation came back Cached;
-    # the killed flow run and its task runs were marked Crashed when the resume took the run over.
+    # The killed flow run and the task run it was in were marked Crashed when the resume took the run over.
     _assert_nothing_left_running(run_id)
     flows, tasks = _prefect_states(run_id)
     assert sorted(flows.values()) == ["Completed", "Crashed"]
-    killed_in = "generate" if crash_at.startswith("generate") else "score"
+    killed_in = "steps" if span == "segment" else "generate" if crash_at.startswith("generate") else "score"
     assert tasks[killed_in].count("Crashed") == 1
-    assert tasks["generate"].count("Cached") == (killed_in == "score")
+    if span == "stage":
+        assert tasks["generate"].count("Cached") == (killed_in == "score")
 
 
 def test_kill_at_startup_before_any_store_write_then_resume(reference_run, seed_model, tmp_path):
