@@ -81,7 +81,7 @@ def test_rl_flow_on_s3_then_sql(prefect_server, s3_env, s3_server, tmp_path):
     objects = _all_objects(s3_server, store)
     keys = list(objects)
     for prefix in ("rollouts/run_id=on-s3/compacted-00000000-", "metrics/run_id=on-s3/compacted-00000000-", "runs/", "checkpoints/on-s3/",
-                   "models/bootstrap-", "models/on-s3/model.safetensors", "prefect-results/rlcadence-on-s3-generate-0"):
+                   "models/bootstrap-", "models/on-s3/model.safetensors", "prefect-results/rlcadence-on-s3-evaluate-0"):
         assert any(k.startswith(prefix) for k in keys), (prefix, sorted(keys)[:40])
     assert not [k for k in keys if k.rsplit("/", 1)[-1].startswith(".")], "temp objects left visible"
 
