@@ -14,10 +14,12 @@ Artifact calls never fail the run: the UI is a view, the store is the record.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import re
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from prefect import get_client, get_run_logger
@@ -64,7 +66,12 @@ PROGRESS_EVERY_S = 2.0  # an update is an API write: every step cost ~3% of the 
 
 
 class RunBoard:
-    """One flow run's view of the run: created after ``start_run``, told of every committed step."""
+    """One flow run's view of the run: created after ``start_run``, told of every committed step.
+
+    Artifact writes are API calls (and the plots a matplotlib render): they go to one background thread, with
+    a copy of the caller's Prefect context so each lands on this flow run, and a copy of the rows, so the
+    step loop never waits on the UI. A progress update is dropped while an earlier write is still in flight;
+    evaluations and the final state are always written (``close`` waits for them)."""
 
     def __init__(self, run: RunState, start_step: int, before: dict):
         self.run, self.cfg, self.start_step = run, run.config, start_step
@@ -73,14 +80,16 @@ class RunBoard:
         self.walls: list[float] = []
         self._ids: dict[str, object] = {}  # artifact key -> id of this flow run's artifact
         self._t = time.perf_counter()
+        self._ui = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlc-ui")
+        self._pending: Future | None = None
         if start_step:
             get_run_logger().info(f"run {run.run_id}: resumed at step {start_step}; "
                                   f"{len(self.rows)} steps committed before this flow run")
         self.tensorboard = _tensorboard(run)
         self.terminal = TerminalProgress(self.cfg.steps, start_step, f"{self.cfg.run_label} · {run.run_id}")
-        self.progress_id = self._safe(create_progress_artifact, self._percent(), key=self._key("progress"),
-                                      description=self._progress_text())
-        self.publish()  # also starts the progress artifact's 2 s clock
+        self.progress_id = self._safe(create_progress_artifact, self._percent(self.rows), key=self._key("progress"),
+                                      description=self._progress_text(self.rows, self.walls))
+        self.publish(list(self.rows), [])  # also starts the progress artifact's 2 s clock
 
     def _key(self, what: str) -> str:
         return artifact_key(self.run.run_id, what)
@@ -92,30 +101,34 @@ class RunBoard:
             get_run_logger().warning(f"artifact not written ({getattr(fn, '__name__', fn)}): {err}")
             return None
 
-    def _percent(self) -> float:
-        done = self.rows[-1]["step"] + 1 if self.rows else 0
+    def _percent(self, rows: list[dict]) -> float:
+        done = rows[-1]["step"] + 1 if rows else 0
         return 100.0 * done / self.cfg.steps
+
+    def _after(self, rows: list[dict]) -> float | None:
+        evals = [r["eval_accuracy"] for r in rows if r.get("eval_accuracy") is not None]
+        return evals[-1] if evals else self.before
 
     @property
     def after(self) -> float | None:
-        evals = [r["eval_accuracy"] for r in self.rows if r.get("eval_accuracy") is not None]
-        return evals[-1] if evals else self.before
+        return self._after(self.rows)
 
-    def _progress_text(self) -> str:
-        if not self.rows:
+    def _progress_text(self, rows: list[dict], walls: list[float]) -> str:
+        if not rows:
             return f"step 0/{self.cfg.steps}"
-        last = self.rows[-1]
+        last = rows[-1]
         text = f"step {last['step'] + 1}/{self.cfg.steps} · reward {last.get('reward_mean', 0.0):.3f}"
-        if self.after is not None:
-            text += f" · held-out {100 * self.after:.1f}%"
-        if self.walls:
-            mean = sum(self.walls) / len(self.walls)
+        after = self._after(rows)
+        if after is not None:
+            text += f" · held-out {100 * after:.1f}%"
+        if walls:
+            mean = sum(walls) / len(walls)
             text += f" · ETA {_eta(mean * (self.cfg.steps - last['step'] - 1))}"
         return text
 
     def step_done(self, step: int, metrics: dict[str, float]) -> None:
         """After ``commit``: the terminal bar every step, the progress artifact at most every ``PROGRESS_EVERY_S``;
-        summary, table and plots every ``eval_every`` steps."""
+        summary, table and plots every ``eval_every`` steps (both on the UI thread)."""
         now = time.perf_counter()
         self.walls.append(now - self._t)
         self._t = now
@@ -124,39 +137,46 @@ class RunBoard:
             self.tensorboard.log(step, metrics)
         self.terminal.update(step + 1, self.rows[-1].get("reward_mean"), self.after)
         if is_eval_step(step, self.cfg):
-            self.publish()
-        elif now - self._progress_at >= PROGRESS_EVERY_S:
-            self._update_progress()
-        self._t = time.perf_counter()  # the artifacts' own time is not the next step's
+            self._in_background(self.publish)
+        elif now - self._progress_at >= PROGRESS_EVERY_S and (self._pending is None or self._pending.done()):
+            self._progress_at = now
+            self._in_background(self._update_progress)
+        self._t = time.perf_counter()
 
-    def _update_progress(self) -> None:
+    def _in_background(self, job) -> None:
+        context = contextvars.copy_context()  # Prefect's flow/task run context: the artifact's owner
+        self._pending = self._ui.submit(context.run, job, list(self.rows), list(self.walls))
+
+    def _update_progress(self, rows: list[dict], walls: list[float]) -> None:
         self._progress_at = time.perf_counter()
         if self.progress_id is not None:
-            self._safe(update_progress_artifact, self.progress_id, self._percent(), description=self._progress_text())
+            self._safe(update_progress_artifact, self.progress_id, self._percent(rows),
+                       description=self._progress_text(rows, walls))
 
     def close(self) -> None:
         """The final artifacts; the terminal bar stays on screen above the CLI's summary."""
         self.terminal.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
-        self.publish()
+        self._ui.shutdown(wait=True)
+        self.publish(list(self.rows), list(self.walls))
 
-    def publish(self) -> None:
-        """Progress, summary, metrics table and plots as of the last committed step."""
-        self._update_progress()
+    def publish(self, rows: list[dict], walls: list[float]) -> None:
+        """Progress, summary, metrics table and plots as of ``rows`` (the last committed step)."""
+        self._update_progress(rows, walls)
         cfg, run_id = self.cfg, self.run.run_id
-        done = self.rows[-1]["step"] + 1 if self.rows else 0
+        done = rows[-1]["step"] + 1 if rows else 0
         md = summary_markdown(
             run_id=run_id, label=cfg.run_label, cadence=cadence(cfg.sync_every),
-            diff=config_diff(cfg, RLConfig()), before=self.before, after=self.after, steps_done=done,
-            steps=cfg.steps, resumed_from=self.start_step, rows=self.rows,
-            step_wall_s=sum(self.walls) / len(self.walls) if self.walls else None, store=self.run.loc.uri)
+            diff=config_diff(cfg, RLConfig()), before=self.before, after=self._after(rows), steps_done=done,
+            steps=cfg.steps, resumed_from=self.start_step, rows=rows,
+            step_wall_s=sum(walls) / len(walls) if walls else None, store=self.run.loc.uri)
         self._safe(self._put, "summary", md, f"{cfg.run_label} · {run_id}")
-        table = table_rows(self.rows, cfg)
+        table = table_rows(rows, cfg)
         if table:
             self._safe(self._put, "metrics", table, f"metrics every {cfg.eval_every} steps")
-        if self.rows:
-            self._safe(self._plots)
+        if rows:
+            self._safe(self._plots, rows)
 
     def _put(self, what: str, data: str | list[dict], description: str) -> None:
         """Create this flow run's artifact for ``what`` once, then update it in place."""
@@ -169,10 +189,10 @@ class RunBoard:
         with get_client(sync_client=True) as client:
             client.update_artifact(self._ids[key], ArtifactUpdate(data=payload, description=description))
 
-    def _plots(self) -> None:
+    def _plots(self, rows: list[dict]) -> None:
         from rlcadence.reporting.plots import data_uri, metrics_figure
 
-        png = metrics_figure({self.run.run_id: self.rows}, title=f"{self.cfg.run_label} · {self.run.run_id}")
+        png = metrics_figure({self.run.run_id: rows}, title=f"{self.cfg.run_label} · {self.run.run_id}")
         self._put("plots", f"![{self.run.run_id} curves]({data_uri(png)})\n",
                   "reward, held-out accuracy, length, entropy, KL, sparsity")
 
