@@ -13,6 +13,7 @@ collectives fails the step within seconds, naming its rank.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -50,6 +51,8 @@ def runs(prefect_server, seed_model, tmp_path_factory):
         t0 = time.perf_counter()
         rl(RLConfig.model_validate(_config(seed_model, store, world, strategy, run_id=run_id)))
         seconds[run_id] = time.perf_counter() - t0
+        assert not [p for p in multiprocessing.active_children() if p.name.startswith("rlc-train-rank")], \
+            "RunState.close() stops the worker ranks"
     print(f"flow seconds: {seconds}")
     return store
 
