@@ -170,11 +170,17 @@ class RLConfig(Strict):
     logits_chunk_tokens: int = Field(
         1024, ge=1, description="Tokens per chunk of the LM head: log-probs and entropy never hold [N, T, V] logits.")
     train_world_size: int = Field(
-        1, ge=1, description="Data-parallel training processes on this machine (one CUDA device or CPU core each). "
-        "1 = today's single-process train stage; >1 is for rlcadence.trainer.distributed under torchrun and is "
-        "refused by the RL flow, which does not launch several processes yet.")
+        1, ge=1, description="Data-parallel training processes on this machine (one CUDA device or CPU core each): "
+        "1 = the train stage in the flow's process; N > 1 = the flow process is rank 0 and spawns N-1 worker ranks "
+        "once per run (algorithm=grpo).")
     train_backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend: auto = nccl on CUDA, gloo on the CPU.")
+    train_strategy: Literal["ddp", "fsdp2"] = Field(
+        "ddp", description="With train_world_size > 1: DDP (a whole replica per rank) or FSDP2 (fully_shard per "
+        "decoder layer, then the root; rank 0 also keeps the consolidated weights for the generator).")
+    train_timeout_s: float = Field(
+        600.0, gt=0, description="Deadline of the train group's start, of every collective and of each rank's "
+        "answer to a step: a dead or stuck rank fails the step naming it, never hangs.")
 
     @field_validator("sync_every", "ref_sync_every")
     @classmethod
@@ -242,3 +248,8 @@ def _check_eval_sets(environments: list[EnvironmentSpec], training: bool) -> Non
 def is_due(step_done: int, every: Cadence) -> bool:
     """After ``step_done`` optimizer steps, is a sync due? (paper A: sync when step % s == 0)."""
     return every != "offline" and step_done % every == 0
+
+
+def checkpoint_due(cfg: RLConfig, step_done: int) -> bool:
+    """Is a full checkpoint written after ``step_done`` optimizer steps? (every ``checkpoint_every``, and the last)."""
+    return step_done % cfg.checkpoint_every == 0 or step_done == cfg.steps

@@ -44,12 +44,34 @@ class TrainProcessesError(ValueError):
 
 
 def check_train_processes(config: RLConfig) -> None:
-    """The RL flow trains in one process: ``train_world_size`` > 1 is refused before any work (it is for
-    ``rlcadence.trainer.distributed`` under torchrun until the flow launches several processes)."""
-    if config.train_world_size > 1:
-        raise TrainProcessesError(f"train_world_size={config.train_world_size}: the RL flow's train stage runs in one process; "
-                         "data-parallel training is rlcadence.trainer.distributed under torchrun (README, "
-                         "'Training on several processes')")
+    """``train_world_size`` > 1: what the flow's data-parallel train stage (rlcadence.trainer.group) does
+    not cover is refused before any work, naming the field. (More ranks than CUDA devices or CPU cores is
+    refused when the config is built: ``devices.check_world_size``.)"""
+    n = config.train_world_size
+    if n == 1:
+        return
+    pl = config.policy_loss
+    refusals = [
+        (config.algorithm != "grpo", f"algorithm={config.algorithm} (the data-parallel update is GRPO/PPO-clip only)"),
+        (pl.kl_beta > 0, f"policy_loss.kl_beta={pl.kl_beta:g} (the ranks hold no reference model)"),
+        (pl.tis_cap is not None, f"policy_loss.tis_cap={pl.tis_cap} (not in the data-parallel update)"),
+        (config.device.startswith("cuda:") and config.device != "cuda:0",
+         f"device={config.device} (rank r trains on cuda:r: use cuda or cuda:0)"),
+    ]
+    if config.engine != "transformers":
+        import os
+
+        from rlcadence.devices import resolve_device
+        from rlcadence.engines.settings import resolve_engine
+
+        in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0"
+        vllm = resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type) == "vllm"
+        refusals.append((vllm and in_process, "engine=vllm with its engine core in the flow process "
+                         "(VLLM_ENABLE_V1_MULTIPROCESSING=0 would put vLLM into the trainer's process group; "
+                         "set it to 1)"))
+    bad = [why for refused, why in refusals if refused]
+    if bad:
+        raise TrainProcessesError(f"train_world_size={n} cannot run with {'; '.join(bad)}; use train_world_size=1")
 
 
 def max_positions(model_dir: Path) -> int | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcadence.config import RLConfig, is_due
+from rlcadence.config import RLConfig, checkpoint_due, is_due
 from rlcadence.devices import configure_matmul, resolve_device
 from rlcadence.engines.hf import TransformersEngine
 from rlcadence.engines.settings import resolve_engine
@@ -49,6 +49,9 @@ from rlcadence.trainer.checkpoint import (
     snapshot,
     write_snapshot,
 )
+from rlcadence.trainer.distributed import inner
+from rlcadence.trainer.group import TrainGroup
+from rlcadence.trainer.replica import GatheredOptimizer
 from rlcadence.trainer.update import build_optimizer, prepare_for_training
 
 CACHE_ROOT = Path(os.environ.get("RLCADENCE_CACHE", Path.home() / ".cache" / "rlcadence"))
@@ -57,10 +60,29 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Policy:
+    """The trainer's model + optimizer. With ``train_world_size`` > 1, ``trainer`` is the run's train group and
+    ``model`` is rank 0's full model: DDP's own replica, or (FSDP2) a plain copy refreshed from the weights
+    all ranks gathered after each step. Either way it is what the generator, evaluation and checkpoints read."""
+
     model: torch.nn.Module
     tokenizer: object
     optimizer: torch.optim.Optimizer
     state: TrainerState
+    trainer: TrainGroup | None = None
+
+    def refresh(self) -> None:
+        """After a data-parallel step: FSDP2's consolidated weights into rank 0's full model."""
+        full = self.trainer.replica.full_weights if self.trainer is not None and self.trainer.replica else None
+        if full is not None:
+            with torch.no_grad():
+                self.model.load_state_dict(full)
+
+    def checkpoint_optimizer(self):
+        """The optimizer a checkpoint reads: FSDP2's state consolidated at this step, else the optimizer."""
+        replica = self.trainer.replica if self.trainer is not None else None
+        if replica is None or replica.full_weights is None:
+            return self.optimizer
+        return GatheredOptimizer(replica.full_optimizer)
 
 
 class BackgroundWriter:
@@ -143,6 +165,7 @@ class RunState:
         self._environments: list[Environment] | None = None
         self.stage_seconds = 0.0  # inside stage functions since the last commit (tasks/stage.py)
         self.next_step: int | None = None  # the first step not yet committed by this process (set by the loop)
+        self.group: TrainGroup | None = None  # train_world_size > 1: the worker ranks, spawned on first use
 
     def __reduce__(self):
         return (RunState, (self.config, self.run_id))  # live objects never travel: the copy rebuilds them
@@ -157,7 +180,7 @@ class RunState:
         self.close()
 
     def close(self) -> None:
-        """Finish pending compaction and checkpoint writes, stop scorer pools and drop the models."""
+        """Finish pending compaction and checkpoint writes, stop scorer pools and the train ranks, drop the models."""
         try:
             try:
                 self.compactor.close()
@@ -168,6 +191,9 @@ class RunState:
                 env.close()
             self._environments = None
             self.policy = self.engine = self.ref_model = None
+            if self.group is not None:
+                self.group.close()
+                self.group = None
             self._held.clear()
             self._bf16.clear()
 
@@ -207,10 +233,10 @@ class RunState:
         """After an update: a full checkpoint every ``checkpoint_every`` steps (and after the last step), plus
         the weights of any generator/reference version older than it that is still in use."""
         cfg, state = self.config, policy.state
-        if state.step % cfg.checkpoint_every and state.step != cfg.steps:
+        if not checkpoint_due(cfg, state.step):
             return {"checkpoint/bytes": 0.0}
         t0 = time.perf_counter()
-        nbytes = self.save_checkpoint(policy.model, policy.tokenizer, state, policy.optimizer)
+        nbytes = self.save_checkpoint(policy.model, policy.tokenizer, state, policy.checkpoint_optimizer())
         for version, model in self._versions_in_use(state):
             if version < state.step and version not in self._persisted and not has_weights(self.loc, self.run_id, version):
                 snap = snapshot(model, policy.tokenizer, None)
@@ -232,18 +258,40 @@ class RunState:
         return out
 
     # -- the policy ----------------------------------------------------------------------------
+    def train_group(self) -> TrainGroup:
+        """The run's data-parallel ranks (``train_world_size`` > 1): spawned once, again after a failure."""
+        if self.group is None or self.group.closed:
+            self.group = TrainGroup(self.config, self.run_id)
+        return self.group
+
     def _load_policy(self, step: int) -> Policy:
         ckpt = self.checkpoint_dir(step)
         state = load_trainer_state(ckpt)
-        model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype).to(self.device)
-        prepare_for_training(model, self.config)
         tokenizer = AutoTokenizer.from_pretrained(ckpt)
-        optimizer = build_optimizer(model, self.config.optimizer)
-        if state.optimizer:
-            optimizer.load_state_dict(state.optimizer)
+        if self.config.train_world_size > 1:
+            policy = self._load_on_ranks(ckpt, tokenizer, state)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype).to(self.device)
+            prepare_for_training(model, self.config)
+            optimizer = build_optimizer(model, self.config.optimizer)
+            if state.optimizer:
+                optimizer.load_state_dict(state.optimizer)
+            policy = Policy(model, tokenizer, optimizer, state)
         restore_rng(state)
         self._persisted.add(step)
-        return Policy(model, tokenizer, optimizer, state)
+        return policy
+
+    def _load_on_ranks(self, ckpt: Path, tokenizer, state: TrainerState) -> Policy:
+        """Every rank loads the checkpoint; rank 0's full model is DDP's replica or, for FSDP2, a plain copy."""
+        group = self.train_group()
+        replica = group.load(ckpt)
+        if replica.full_weights is None:  # DDP
+            model = inner(replica.wrapped)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=self.dtype).to(self.device).requires_grad_(False)
+        policy = Policy(model, tokenizer, replica.optimizer, state, trainer=group)
+        policy.refresh()
+        return policy
 
     def policy_at(self, step: int) -> Policy:
         """The trainer's model + optimizer after ``step`` optimizer steps: in memory, or rebuilt from the

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from rlcadence.config import RLConfig, is_due
+from rlcadence.config import RLConfig, checkpoint_due, is_due
 from rlcadence.environments.mix import Environment
 from rlcadence.objectives import PairSelection, select_pairs_scored, select_pairs_verifiable
 from rlcadence.prompts import pad_token_id
 from rlcadence.seeding import derive_seed
 from rlcadence.storage import tables
+from rlcadence.trainer.replica import grpo_inputs
 from rlcadence.trainer.update import MicroBatching, dpo_update, pack, policy_update, sft_update
 
 if TYPE_CHECKING:
@@ -65,9 +66,11 @@ def update(run: RunState, policy: Policy, step: int) -> dict[str, float]:
             out = dpo_update(policy.model, policy.optimizer, pick(pairs.chosen), pick(pairs.rejected), ref, cfg)
             out["dpo/skipped_groups"] = float(pairs.skipped_groups)
             return out
-        batch = pack(prompt_ids, completion_ids, pad_token_id(tok), [r["token_logprobs"] for r in rows])
-        advantages = torch.tensor([r["advantage"] for r in rows], dtype=torch.float32)
-        kept = torch.tensor([r["kept"] for r in rows], dtype=torch.bool)
+        if policy.trainer is not None:  # train_world_size > 1: every rank takes its share of these rows
+            metrics = policy.trainer.train(step, checkpoint_due(cfg, step + 1), rows)
+            policy.refresh()
+            return metrics
+        batch, advantages, kept = grpo_inputs(rows, pad_token_id(tok))
         return policy_update(policy.model, policy.optimizer, batch, advantages, kept, cfg, ref,
                              max_completion_len=cfg.sampling.max_new_tokens)
     finally:

@@ -31,9 +31,23 @@ def test_nccl_without_cuda_is_refused():
         RLConfig(device="cpu", train_backend="nccl")
 
 
-def test_flow_refuses_several_processes():
-    with pytest.raises(ValueError, match="train_world_size=2: the RL flow's train stage runs in one process"):
-        check_train_processes(RLConfig(device="cpu", train_world_size=2))
+def test_flow_takes_two_grpo_ranks_and_refuses_what_they_do_not_cover():
+    check_train_processes(RLConfig(device="cpu", train_world_size=2))  # GRPO, DDP: the flow runs it
+    check_train_processes(RLConfig(device="cpu", train_world_size=2, train_strategy="fsdp2"))
+    for overrides, named in [({"algorithm": "dpo"}, "algorithm=dpo"), ({"policy_loss": {"kl_beta": 0.1}}, "kl_beta=0.1"),
+                             ({"policy_loss": {"tis_cap": 2.0}}, "tis_cap=2.0")]:
+        with pytest.raises(ValueError, match=rf"train_world_size=2 cannot run with .*{named}"):
+            check_train_processes(RLConfig(device="cpu", train_world_size=2, **overrides))
+        check_train_processes(RLConfig(device="cpu", **overrides))  # one process takes them all
+
+
+def test_more_ranks_than_cuda_devices_is_refused(monkeypatch):
+    """On CUDA the rule is one device per rank (torch.cuda.device_count()), checked when the config is built."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    RLConfig(device="cuda", train_world_size=1)
+    with pytest.raises(ValidationError, match=r"train_world_size=2 is larger than the 1 CUDA device\(s\)"):
+        RLConfig(device="cuda", train_world_size=2)
 
 
 def test_init_refuses_before_joining_a_group(tmp_path):
@@ -52,7 +66,8 @@ def test_cli_refuses_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
     store = tmp_path / "store"
     assert main(["run", "--store", str(store), "--set", "train_world_size=5", "--set", "device=cpu"]) == 2
     assert "train_world_size=5 is larger than the 4 CPU core(s)" in capsys.readouterr().err
-    assert main(["run", "--store", str(store), "--set", "train_world_size=3", "--set", "device=cpu"]) == 2
+    assert main(["run", "--store", str(store), "--set", "train_world_size=3", "--set", "device=cpu",
+                 "--set", "algorithm=sft"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: train_world_size=3: the RL flow's train stage runs in one process") and "\n" not in err
+    assert err.startswith("error: train_world_size=3 cannot run with algorithm=sft") and "\n" not in err
     assert not store.exists(), "no work (not even the store) may start"
