@@ -52,6 +52,14 @@ def check_train_processes(config: RLConfig) -> None:
                          "'Training on several processes')")
 
 
+def check_runner(config: RLConfig) -> None:
+    """``runner: ray``: the cluster at ``ray_address`` answers (within 15 s), before any run row or model."""
+    if config.runner == "ray":
+        from rlcadence.ray_cluster import check_reachable
+
+        check_reachable(config.ray_address)
+
+
 def max_positions(model_dir: Path) -> int | None:
     """The model's context length from its config.json (None when it declares none)."""
     meta = json.loads((Path(model_dir) / "config.json").read_text())
