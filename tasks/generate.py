@@ -106,6 +106,16 @@ def receive_generation(run: RunState, sent: SentGeneration) -> str:
                                "generated.parquet")
 
 
+def drop_generations(run: RunState) -> None:
+    """After a failed generation: forget every generation sent ahead and, on Ray, the actor itself (it may be
+    dead), so the stage's retry sends them again, to a fresh actor, with the same versions and seeds."""
+    run.pending_generations.clear()
+    close = getattr(run.engine, "close", None)
+    if close is not None:
+        close()
+        run.engine = None
+
+
 @stage("generate")
 def generate(run: RunState, step: int) -> str:
     """Sample G completions for each of the step's M prompts with the generator's current weights.
@@ -117,7 +127,11 @@ def generate(run: RunState, step: int) -> str:
     for ahead in range(step, min(step + cfg.max_staleness, cfg.steps - 1) + 1):
         if ahead not in pending:
             pending[ahead] = send_generation(run, ahead)
-    uri = receive_generation(run, pending.pop(step))
+    try:
+        uri = receive_generation(run, pending.pop(step))
+    except BaseException:
+        drop_generations(run)
+        raise
     if not cfg.max_staleness:
         run.release_generator()
     faults.maybe_crash("generate", step)

@@ -79,15 +79,25 @@ def _staleness(store: str) -> list[tuple]:
 
 
 def test_async_max_staleness_bounds_the_lag_and_matches_inline(prefect_server, ray_cluster, seed_model, tmp_path):
-    """max_staleness=2 on the Ray actor (generation sent ahead, overlapping training) and on the local runner
-    (the same schedule, sampled inline): the same rows, every step - policy_version <= 2."""
-    stores = {r: str(tmp_path / r) for r in ("ray", "local")}
-    extra = {"ray": {"runner": "ray", "ray_address": ray_cluster}, "local": {}}
-    for runner, store in stores.items():
-        rl(RLConfig.model_validate(small_config(seed_model, store, run_id=f"async-{runner}", steps=6,
-                                                max_staleness=2, **extra[runner])))
+    """max_staleness=2 on the Ray actor (generation sent ahead, overlapping training; segment and stage task
+    spans) and on the local runner (the same schedule, sampled inline): the same rows, step - policy_version <= 2."""
+    on_ray = {"runner": "ray", "ray_address": ray_cluster}
+    variants = {"ray": on_ray, "local": {}, "ray-stage": on_ray | {"task_span": "stage"}}
+    stores = {name: str(tmp_path / name) for name in variants}
+    for name, extra in variants.items():
+        rl(RLConfig.model_validate(small_config(seed_model, stores[name], run_id=f"async-{name}", steps=6,
+                                                max_staleness=2, **extra)))
     assert _staleness(stores["ray"]) == [(0, 0), (1, 0), (2, 0), (3, 1), (4, 2), (5, 3)]
     rows = [sql(s, f"SELECT {ROWS}, policy_version, logprob_sum FROM rollouts ORDER BY ALL") for s in stores.values()]
-    assert rows[0] == rows[1] and len(rows[0]) == 6 * 8 * 4
+    assert rows[0] == rows[1] == rows[2] and len(rows[0]) == 6 * 8 * 4
     lags = sql(stores["ray"], "SELECT step, rollout_generator_lag FROM metrics ORDER BY step")
     assert [lag for _, lag in lags] == [0, 1, 2, 2, 2, 2]
+
+
+def test_max_staleness_composes_with_sync_every(prefect_server, seed_model, tmp_path):
+    """sync_every=2, max_staleness=1: new weights only at sync points (even versions), one step behind the
+    synchronous schedule, so step - policy_version <= k + sync_every - 1 = 2."""
+    store = str(tmp_path / "store")
+    rl(RLConfig.model_validate(small_config(seed_model, store, run_id="async-cadence", steps=6, sync_every=2,
+                                            max_staleness=1)))
+    assert _staleness(store) == [(0, 0), (1, 0), (2, 0), (3, 2), (4, 2), (5, 4)]
