@@ -146,6 +146,9 @@ def main() -> None:
         with temporary_settings(updates={PREFECT_API_URL: url}):  # the flow: never Prefect's ephemeral server
             runs = [run_variant(k, rep, args, model, address, root)  # interleaved: each variant sees the
                     for rep in range(args.repeats) for k in (0, 1, 2)]    # same spread of the machine's load
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # the flows' last log lines, while the server still answers
     finally:
         server.terminate()
         stop_by_pid(_pids_naming(str(ray_dir)))
