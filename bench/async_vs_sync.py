@@ -148,7 +148,7 @@ def main() -> None:
                     for rep in range(args.repeats) for k in (0, 1, 2)]    # same spread of the machine's load
         from prefect.logging.handlers import APILogHandler
 
-        APILogHandler.flush()  # the flows' last log lines, while the server still answers
+        APILogHandler().flush()  # the flows' last log lines, while the server still answers
     finally:
         server.terminate()
         stop_by_pid(_pids_naming(str(ray_dir)))
