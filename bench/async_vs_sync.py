@@ -21,6 +21,7 @@ the measured ratio below the ideal.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -34,7 +35,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import contextlib
 
 from _loop import machine, seed_model, set_threads, table  # noqa: E402
 
@@ -67,10 +67,15 @@ def start_ray(temp_dir: Path) -> str:
     return f"127.0.0.1:{port}"
 
 
-def stop_by_pid(pids: list[int]) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+def stop_ray(marker: str, within_s: float = 10.0) -> None:
+    """SIGTERM the cluster's processes by PID, then SIGKILL what is left (the GCS server ignores SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _pids_naming(marker):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + within_s
+        while _pids_naming(marker) and time.monotonic() < deadline:
+            time.sleep(0.2)
 
 
 def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
@@ -151,7 +156,7 @@ def main() -> None:
         APILogHandler().flush()  # the flows' last log lines, while the server still answers
     finally:
         server.terminate()
-        stop_by_pid(_pids_naming(str(ray_dir)))
+        stop_ray(str(ray_dir))
     results = [merged([r for r in runs if r["k"] == k]) for k in (0, 1, 2)]
     sync = results[0]
     ideal = (sync["gen_s"] + sync["train_s"]) / max(sync["gen_s"], sync["train_s"])
