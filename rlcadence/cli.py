@@ -19,6 +19,7 @@ from rlcadence.environments.datasets import DatasetError
 from rlcadence.eval_config import EvalTargetError
 from rlcadence.preflight import TrainProcessesError
 from rlcadence.presets import PRESETS
+from rlcadence.ray_cluster import RayUnreachable
 from rlcadence.run_identity import RunIdentityError
 from rlcadence.storage.query import DEFAULT_MEMORY_LIMIT, DEFAULT_TIMEOUT_S, QueryError
 from rlcadence.storage.run_records import RunBusy
@@ -177,8 +178,9 @@ def preflight_environments(config: RLConfig) -> None:
     """Before the flow starts: check the seed model directory (missing, unknown architecture, no EOS), then
     read and encode every dataset file with its tokenizer (a missing file, or in fail mode bad or over-long
     rows, stop here) and find every reward-model and judge directory (a missing one stops here, named)."""
-    from rlcadence.preflight import check_environments, check_train_processes, seed_model_dir
+    from rlcadence.preflight import check_environments, check_runner, check_train_processes, seed_model_dir
 
+    check_runner(config)  # an unreachable ray_address: one line within 15 s, before the run is recorded
     check_train_processes(config)
     check_environments(config, seed_model_dir(config))
 
@@ -462,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_validation_error(err), file=sys.stderr)
         return 2
     except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError, RunBusy,
-            EvalTargetError, TrainProcessesError) as err:
+            EvalTargetError, TrainProcessesError, RayUnreachable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

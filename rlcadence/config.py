@@ -181,6 +181,28 @@ class RLConfig(Strict):
     train_timeout_s: float = Field(
         600.0, gt=0, description="Deadline of the train group's start, of every collective and of each rank's "
         "answer to a step: a dead or stuck rank fails the step naming it, never hangs.")
+    runner: Literal["local", "ray"] = Field(
+        "local", description="Where generation and verifier scoring run. local: in the flow's process. ray: the "
+        "generation engine lives in a Ray actor of this run (it keeps its model across steps; weights arrive "
+        "through Ray's object store) and scoring fans out as Ray tasks over the cluster's CPUs; needs the [ray] "
+        "extra. Prefect's retries, resume and results are the same either way: the stages still run in the flow.")
+    ray_address: str | None = Field(
+        None, description="runner=ray: the cluster to join, as `ray.init(address=...)` takes it: host:port of a "
+        "running head (the GCS port of `ray start --head`), ray://host:10001 (Ray Client) or auto (the cluster "
+        "started on this machine). None: a private local Ray instance for this run. Checked before any work: an "
+        "unreachable address fails within 15 s, naming it.")
+    ray_generator_gpus: float = Field(
+        1.0, gt=0, description="runner=ray: GPUs the generation actor asks Ray for when the generator device is CUDA "
+        "(a fraction shares one GPU with other actors); on the CPU it asks for one CPU and no GPU.")
+    ray_score_chunk_rows: int = Field(
+        64, ge=1, description="runner=ray: rollout rows per Ray scoring task (one task per chunk, spread over the "
+        "cluster's CPUs).")
+    max_staleness: int = Field(
+        0, ge=0, description="Asynchronous RL: generation of step t+1..t+k runs while step t trains (k = this). The "
+        "rollouts of step s are sampled by the generator version of the synchronous schedule at step s-k, so "
+        "step - policy_version <= k + sync_every - 1 (<= k at sync_every=1); the PPO ratio and tis_cap use the "
+        "generator's own log-probs, which corrects for the lag. 0: today's synchronous loop. Needs "
+        "max_staleness <= checkpoint_every (resume rebuilds the version it lags behind from a kept checkpoint).")
 
     @field_validator("sync_every", "ref_sync_every")
     @classmethod
@@ -194,6 +216,15 @@ class RLConfig(Strict):
     def _engine_installed(cls, v: str) -> str:
         if v == "vllm" and not vllm_installed():
             raise ValueError(VLLM_MISSING)
+        return v
+
+    @field_validator("runner")
+    @classmethod
+    def _ray_installed(cls, v: str) -> str:
+        from rlcadence.ray_cluster import RAY_MISSING, ray_installed
+
+        if v == "ray" and not ray_installed():
+            raise ValueError(RAY_MISSING)
         return v
 
     @field_validator("device", "generator_device")
@@ -221,6 +252,8 @@ class RLConfig(Strict):
             raise ValueError(f"prompts_per_step={self.prompts_per_step} is smaller than the number of environments")
         if self.algorithm == "dpo" and (self.ppo_epochs > 1 or self.filter.tau is not None):
             raise ValueError("algorithm=dpo takes neither ppo_epochs > 1 nor filter.tau (pairs are not filtered)")
+        _check_staleness(self)
+        _check_runner(self)
         if self.generation_batch_prompts is not None and self.generation_batch_prompts > self.prompts_per_step:
             raise ValueError(f"generation_batch_prompts={self.generation_batch_prompts} exceeds prompts_per_step={self.prompts_per_step}")
         return self
@@ -231,6 +264,28 @@ class RLConfig(Strict):
     @property
     def run_label(self) -> str:
         return f"{self.algorithm} s={self.sync_every}"
+
+
+def _check_runner(cfg: RLConfig) -> None:
+    if cfg.runner == "ray" and cfg.engine == "vllm":
+        raise ValueError("engine=vllm with runner=ray: the Ray generator actor runs the transformers engine; use "
+                         "engine=transformers (or auto) with runner=ray, or runner=local for vLLM")
+    if cfg.runner == "local" and cfg.ray_address is not None:
+        raise ValueError(f"ray_address={cfg.ray_address!r} is set but runner=local: set runner=ray to use the cluster")
+
+
+def _check_staleness(cfg: RLConfig) -> None:
+    """``max_staleness`` where it means something: refused, with the reason, where it would do nothing."""
+    k = cfg.max_staleness
+    if not k:
+        return
+    if cfg.algorithm == "dpo" and cfg.sync_every == "offline":
+        raise ValueError(f"max_staleness={k} does nothing for offline DPO (algorithm=dpo, sync_every='offline'): its "
+                         "generator never changes, so no rollout is ever stale; use max_staleness=0")
+    if k > cfg.checkpoint_every:
+        raise ValueError(f"max_staleness={k} exceeds checkpoint_every={cfg.checkpoint_every}: a resumed run rebuilds "
+                         "the generator version k steps back from a kept full checkpoint; lower max_staleness or "
+                         "raise checkpoint_every")
 
 
 def _check_eval_sets(environments: list[EnvironmentSpec], training: bool) -> None:

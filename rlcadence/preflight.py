@@ -74,6 +74,14 @@ def check_train_processes(config: RLConfig) -> None:
         raise TrainProcessesError(f"train_world_size={n} cannot run with {'; '.join(bad)}; use train_world_size=1")
 
 
+def check_runner(config: RLConfig) -> None:
+    """``runner: ray``: the cluster at ``ray_address`` answers (within 15 s), before any run row or model."""
+    if config.runner == "ray":
+        from rlcadence.ray_cluster import check_reachable
+
+        check_reachable(config.ray_address)
+
+
 def max_positions(model_dir: Path) -> int | None:
     """The model's context length from its config.json (None when it declares none)."""
     meta = json.loads((Path(model_dir) / "config.json").read_text())

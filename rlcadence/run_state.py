@@ -166,6 +166,7 @@ class RunState:
         self.stage_seconds = 0.0  # inside stage functions since the last commit (tasks/stage.py)
         self.next_step: int | None = None  # the first step not yet committed by this process (set by the loop)
         self.group: TrainGroup | None = None  # train_world_size > 1: the worker ranks, spawned on first use
+        self.pending_generations: dict[int, object] = {}  # step -> generation sent ahead (max_staleness)
 
     def __reduce__(self):
         return (RunState, (self.config, self.run_id))  # live objects never travel: the copy rebuilds them
@@ -190,6 +191,14 @@ class RunState:
             for env in self._environments or []:
                 env.close()
             self._environments = None
+            self.pending_generations.clear()
+            close_engine = getattr(self.engine, "close", None)
+            if close_engine is not None:
+                close_engine()
+            if self.config.runner == "ray":
+                from rlcadence.ray_cluster import disconnect
+
+                disconnect()
             self.policy = self.engine = self.ref_model = None
             if self.group is not None:
                 self.group.close()
@@ -357,6 +366,13 @@ class RunState:
 
     def _new_engine(self) -> TransformersEngine:
         device = str(self.generator_device)
+        if self.config.runner == "ray":
+            from rlcadence.engines.ray_actor import RayEngine
+            from rlcadence.ray_cluster import connect
+
+            connect(self.config.ray_address)
+            return RayEngine(self.run_id, self.checkpoint_dir(0), self.generator_device, self.generator_dtype,
+                             self.config.ray_generator_gpus)
         if self.engine_kind == "vllm":
             from rlcadence.engines.vllm import VLLMEngine  # imports vLLM: only when asked for
 

@@ -10,7 +10,7 @@ PY=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
-.venv/bin/python -m pip install -q -e ".[dev]"
+.venv/bin/python -m pip install -q -e ".[dev,ray]"  # [ray]: runner: ray and its tests
 .venv/bin/rlcadence --help >/dev/null
 # The UI browser test drives Debian's chromium through Playwright (Playwright's own browser download cannot
 # run here). Missing and not installable: under CI, stop naming the fix; elsewhere warn (the main job needs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rlcadence.run_state import RunState
 from rlcadence.storage import tables
-from rlcadence.storage.checkpoints import prune_checkpoints
+from rlcadence.storage.checkpoints import checkpoint_steps, prune_checkpoints
 from rlcadence.storage.compaction import compact_run
 from rlcadence.tasks.stage import stage
 
@@ -34,7 +34,10 @@ def commit(run: RunState, step: int, metrics: dict[str, float]) -> str:
     loc.delete_dir("staging", run.run_id, f"step={step}")
     if run.policy is not None:
         s = run.policy.state
-        prune_checkpoints(loc, run.run_id, cfg.keep_checkpoints, {0, s.generator_version, s.ref_version})
+        pinned = {0, s.generator_version, s.ref_version}
+        if cfg.max_staleness:  # a resume rebuilds the generator version of step - k from a checkpoint before it
+            pinned.add(max((c for c in checkpoint_steps(loc, run.run_id) if c <= s.step - cfg.max_staleness), default=0))
+        prune_checkpoints(loc, run.run_id, cfg.keep_checkpoints, pinned)
     if cfg.compact_every and (step + 1) % cfg.compact_every == 0:
         # after the commit point: only committed steps are merged
         run.compactor.submit(lambda: compact_run(loc, run.run_id, full=False))

@@ -73,8 +73,14 @@ def score(run: RunState, step: int, generated: str) -> dict[str, float]:
     t0 = time.perf_counter()
     env_col = table.column("environment").to_pylist()
     envs = run.environments()
-    results = score_by_environment(envs, env_col, table.column("prompt").to_pylist(),
-                                   table.column("completion").to_pylist(), table.column("gold").to_pylist())
+    columns = (env_col, table.column("prompt").to_pylist(), table.column("completion").to_pylist(),
+               table.column("gold").to_pylist())
+    if cfg.runner == "ray":  # the same verifiers, fanned out over the cluster's CPUs
+        from rlcadence.ray_scoring import score_on_ray
+
+        results = score_on_ray(cfg, *columns)
+    else:
+        results = score_by_environment(envs, *columns)
     rewards = torch.tensor([r.reward for r in results], dtype=torch.float64)  # [M*G]
     advantages = group_advantages(rewards, cfg.group_size, cfg.advantage)  # [M*G]
     kept = gradient_filter_mask(advantages, cfg.filter.tau)  # [M*G]

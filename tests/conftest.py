@@ -24,7 +24,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.pop("PREFECT_API_URL", None)
 
-pytest_plugins = ["tests.fixtures.seaweed"]
+pytest_plugins = ["tests.fixtures.seaweed", "tests.fixtures.ray_cluster"]
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -103,3 +103,28 @@ def test_over_long_prompt_fails_by_default_naming_environment_file_and_line(tmp_
     assert "environment 'sums'" in err and str(data) in err and "line 2: prompt has" in err, err
     assert "max_prompt_tokens=250 (the default" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists(), "refused before the run row or checkpoint 0"
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{closed}", "192.0.2.1:6379"])  # refused; blackholed (TEST-NET-1)
+def test_unreachable_ray_address_fails_fast_naming_it(tmp_path, capsys, address):
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = address.format(closed=s.getsockname()[1])
+    store = tmp_path / "store"
+    t0 = time.monotonic()
+    rc = main(["run", "--store", str(store), "--set", "runner=ray", "--set", f"ray_address={address}"])
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 15
+    assert rc == 2 and err.count("\n") == 1, err
+    assert f"ray_address='{address}'" in err and "Traceback" not in err
+    assert not store.exists(), "no work may start before the cluster answers"
+
+
+def test_max_staleness_for_offline_dpo_is_refused_saying_why(tmp_path, capsys):
+    rc = main(["run", "--store", str(tmp_path / "store"), "--set", "algorithm=dpo", "--set", "sync_every=offline",
+               "--set", "max_staleness=2"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "max_staleness=2 does nothing for offline DPO" in err, err
