@@ -27,7 +27,7 @@ import httpx
 from rlcadence.engines.base import Completion, SamplingParams, request_seed
 from rlcadence.engines.settings import GeneratorServerSettings
 
-PREFLIGHT_BUDGET_S = 8.0  # the whole reachability check: an unreachable server fails within 10 s
+PREFLIGHT_BUDGET_S = 6.0  # the whole reachability check: an unreachable server fails within 10 s
 
 
 class GeneratorUnreachable(ConnectionError):
