@@ -9,6 +9,7 @@ uses) and the in-process engine's settings: raw log-probs, eager mode, the same 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -69,8 +70,8 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ServeError(f"the vLLM server exited with status {proc.returncode} while starting; last lines of "
-                             f"{log}:\n{tail(log)}")
+            raise ServeError(f"the vLLM server exited with status {proc.returncode} while starting: "
+                             f"{last_error(log)} (full output: {log})")
         try:
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
@@ -79,7 +80,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log: Path) 
         time.sleep(0.5)
     stop_server(proc.pid, timeout_s=10)
     raise ServeError(f"the vLLM server at {url} did not answer /health within {timeout_s:.0f} s (stopped it); "
-                     f"last lines of {log}:\n{tail(log)}")
+                     f"its last line: {last_error(log)} (full output: {log})")
 
 
 def warm_up(url: str, timeout_s: float) -> None:
@@ -90,11 +91,14 @@ def warm_up(url: str, timeout_s: float) -> None:
                timeout=timeout_s).raise_for_status()
 
 
-def tail(path: Path, lines: int = 15) -> str:
+def last_error(path: Path) -> str:
+    """The server log's last exception line (``SomeError: ...``), else its last line: one line, no traceback."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
-        return "(no log)"
+        return "(no output)"
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b:?", ln)]
+    return (errors or lines or ["(no output)"])[-1][:500]
 
 
 def start_server(model_dir: Path, host: str = "127.0.0.1", port: int = 8000, dtype: str = "float32",
@@ -109,6 +113,13 @@ def start_server(model_dir: Path, host: str = "127.0.0.1", port: int = 8000, dty
     model_dir = Path(model_dir).resolve()
     if not (model_dir / "config.json").is_file():
         raise ServeError(f"model {model_dir}: no config.json (serve-generator takes a model directory)")
+    from rlcadence.models.source import UnusableModel
+    from rlcadence.preflight import check_vllm_architecture
+
+    try:
+        check_vllm_architecture(model_dir)  # seconds, instead of a server start that fails after ~20 s
+    except UnusableModel as exc:
+        raise ServeError(str(exc).replace(" (engine=vllm); use engine=transformers", "")) from None
     url = f"http://{host}:{port}"
     try:
         httpx.get(f"{url}/health", timeout=1.0)
