@@ -124,7 +124,10 @@ class VLLMServerEngine:
         return self._version
 
     def close(self) -> None:
+        """Close the connections and drop this run's weight files: the server read them at its last sync (a
+        resumed run pushes its weights again)."""
         self._client.close()
+        shutil.rmtree(self.weights_dir, ignore_errors=True)
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _post(self, path: str, timeout: float, **kwargs) -> httpx.Response:

@@ -86,6 +86,24 @@ def test_n_samples_with_raw_logprobs_equal_to_the_trainers(engine):
     assert gap < LOGPROB_BOUND
 
 
+def test_rows_equal_the_in_process_engines(engine, vllm_model):
+    """Same weights, prompts and seed: the server's completions are the in-process VLLMEngine's, field by field
+    (token ids, text cut at a stop string, finish reason, log-probs to float32 noise)."""
+    from rlcadence.engines.settings import VLLMSettings
+    from rlcadence.engines.vllm import VLLMEngine
+
+    local = VLLMEngine(vllm_model, settings=VLLMSettings(sync="full"))
+    prompt_ids = encode_prompts(engine.tokenizer, PROMPTS)
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=6, seed=11, stop=["5"])
+    remote, here = engine.generate(prompt_ids, 3, sampling), local.generate(prompt_ids, 3, sampling)
+    del local
+    pairs = [(a, b) for ga, gb in zip(remote, here, strict=True) for a, b in zip(ga, gb, strict=True)]
+    assert [(a.token_ids, a.text, a.finish_reason) for a, _ in pairs] == [(b.token_ids, b.text, b.finish_reason)
+                                                                         for _, b in pairs]
+    assert max(abs(x - y) for a, b in pairs for x, y in zip(a.logprobs, b.logprobs, strict=True)) < 1e-5
+    assert any("5" in engine.tokenizer.decode(a.token_ids) and "5" not in a.text for a, _ in pairs)  # a stop was hit
+
+
 def test_pushed_weights_switch_greedy_outputs_and_back(engine, vllm_model):
     prompt_ids = encode_prompts(engine.tokenizer, PROMPTS)
     seed_greedy = _greedy(TransformersEngine(vllm_model), prompt_ids)
