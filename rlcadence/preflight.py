@@ -21,7 +21,8 @@ def seed_model_dir(config: RLConfig) -> Path | None:
         from rlcadence.devices import resolve_device
         from rlcadence.engines.settings import resolve_engine
 
-        if resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type) == "vllm":
+        device = resolve_device(config.generator_device or config.device).type
+        if resolve_engine(config.engine, device, config.generator_url) == "vllm":
             check_vllm_architecture(path)
     return path
 
@@ -37,6 +38,15 @@ def check_vllm_architecture(path: Path) -> None:
     if not any(a in supported for a in archs):
         raise UnusableModel(f"model {path}: architecture {', '.join(archs) or '(none)'} is not one vLLM can load "
                             "(engine=vllm); use engine=transformers")
+
+
+def check_generator_url(config: RLConfig) -> None:
+    """Server mode: ``generator_url`` answers as a vLLM server with the weight-sync endpoints, or the run stops
+    here within 10 s, naming the URL (rlcadence.engines.server.GeneratorUnreachable)."""
+    if config.generator_url is not None:
+        from rlcadence.engines.server import check_generator
+
+        check_generator(config.generator_url, config.generator_server.connect_timeout_s)
 
 
 class TrainProcessesError(ValueError):

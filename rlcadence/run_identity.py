@@ -15,8 +15,9 @@ from rlcadence.config import RLConfig
 from rlcadence.storage.location import StoreLocation
 from rlcadence.storage.tables import read_run_params
 
-# Where the run lives, what its id is and how its files are laid out are not experiment parameters.
-NOT_PARAMETERS = frozenset({"run_id", "store", "s3", "model_dir", "compact_every"})
+# Where the run lives, what its id is, how its files are laid out and which server generates for it are not
+# experiment parameters.
+NOT_PARAMETERS = frozenset({"run_id", "store", "s3", "model_dir", "compact_every", "generator_url", "generator_server"})
 
 
 class RunIdentityError(ValueError):

@@ -190,6 +190,9 @@ class RunState:
         finally:
             for env in self._environments or []:
                 env.close()
+            close_engine = getattr(self.engine, "close", None)  # the server engine's HTTP connections
+            if close_engine is not None:
+                close_engine()
             self._environments = None
             self.pending_generations.clear()
             close_engine = getattr(self.engine, "close", None)
@@ -362,7 +365,13 @@ class RunState:
 
     @property
     def engine_kind(self) -> str:
-        return resolve_engine(self.config.engine, self.generator_device.type)
+        return resolve_engine(self.config.engine, self.generator_device.type, self.config.generator_url)
+
+    def server_weights_dir(self) -> Path:
+        """Server mode: where this run's syncs write safetensors for the server (generator_server.weights_dir,
+        else <store>/generator-weights, per run)."""
+        base = self.config.generator_server.weights_dir or self.loc.path("generator-weights")
+        return Path(base) / self.run_id
 
     def _new_engine(self) -> TransformersEngine:
         device = str(self.generator_device)
@@ -373,11 +382,16 @@ class RunState:
             connect(self.config.ray_address)
             return RayEngine(self.run_id, self.checkpoint_dir(0), self.generator_device, self.generator_dtype,
                              self.config.ray_generator_gpus)
+        name = self.config.vllm.dtype
+        dtype = self.generator_dtype if name == "auto" else getattr(torch, name)
+        if self.engine_kind == "vllm-server":
+            from rlcadence.engines.server import VLLMServerEngine
+
+            return VLLMServerEngine(self.config.generator_url, self.checkpoint_dir(0), self.server_weights_dir(),
+                                    dtype=dtype, settings=self.config.generator_server)
         if self.engine_kind == "vllm":
             from rlcadence.engines.vllm import VLLMEngine  # imports vLLM: only when asked for
 
-            name = self.config.vllm.dtype
-            dtype = self.generator_dtype if name == "auto" else getattr(torch, name)
             return VLLMEngine(self.checkpoint_dir(0), version=0, device=device, dtype=dtype, settings=self.config.vllm)
         return TransformersEngine(self.checkpoint_dir(0), version=0, device=device, dtype=self.generator_dtype)
 

@@ -20,11 +20,13 @@ def cadence(sync_every: int | str) -> str:
 
 
 def engine_name(config: RLConfig) -> str:
-    """The generation engine's short name as it will run (``auto`` resolved): ``hf`` (transformers) or ``vllm``."""
+    """The generation engine's short name as it will run (``auto`` resolved): ``hf`` (transformers), ``vllm``
+    or ``vllm-server`` (generator_url)."""
     from rlcadence.devices import resolve_device
     from rlcadence.engines.settings import resolve_engine
 
-    kind = resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type)
+    kind = resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type,
+                          config.generator_url)
     return "hf" if kind == "transformers" else kind
 
 

@@ -25,6 +25,15 @@ class SamplingParams(Strict):
                             "the completion ends after the token that completes one.")
 
 
+SEED_SPAN = 2**62  # per-request seeds stay inside int64 after vLLM adds the sample index
+
+
+def request_seed(seed: int, prompt_index: int, n: int) -> int:
+    """vLLM engines: the seed of prompt ``prompt_index``'s request (vLLM gives its sample j seed + j, so no
+    two samples of one call share a seed); the in-process and server engines use the same rule."""
+    return (seed + prompt_index * n) % SEED_SPAN
+
+
 @dataclass
 class Completion:
     """One sampled completion with what training needs from the generator."""

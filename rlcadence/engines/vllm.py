@@ -23,13 +23,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlcadence.engines.base import Completion, SamplingParams
+from rlcadence.engines.base import Completion, SamplingParams, request_seed
 from rlcadence.engines.delta import apply_delta, compute_delta, full_nbytes
 from rlcadence.engines.hf import completion_text, stop_token_ids
 from rlcadence.engines.settings import VLLMSettings
 from rlcadence.engines.vllm_worker import HANDOFF
-
-_SEED_SPAN = 2**62  # per-request seeds stay inside int64 after vLLM adds the sample index
 
 
 def configure_environment(settings: VLLMSettings) -> None:
@@ -102,7 +100,7 @@ class VLLMEngine:
         if prompt_ids and not isinstance(prompt_ids[0], list | tuple):
             raise TypeError("generate takes prompt token ids (list[list[int]]); encode text with rlcadence.prompts")
         params = [VSamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                                  max_tokens=sampling.max_new_tokens, seed=(sampling.seed + i * n) % _SEED_SPAN,
+                                  max_tokens=sampling.max_new_tokens, seed=request_seed(sampling.seed, i, n),
                                   stop=list(sampling.stop) or None, stop_token_ids=self._stop_ids, logprobs=0,
                                   skip_special_tokens=True)
                   for i in range(len(prompt_ids))]  # one seed per request; vLLM gives sample j seed + j
