@@ -16,13 +16,7 @@ from prefect import flow, get_run_logger, runtime
 from rlcadence.config import RLConfig
 from rlcadence.flows.bootstrap import bootstrap
 from rlcadence.models.bootstrap import bootstrap_metrics
-from rlcadence.preflight import (
-    check_environments,
-    check_generator_url,
-    check_runner,
-    check_train_processes,
-    seed_model_dir,
-)
+from rlcadence.preflight import check_before_work
 from rlcadence.run_state import RunState
 from rlcadence.storage.results import result_storage_for
 from rlcadence.tasks.artifacts import RunBoard
@@ -41,11 +35,7 @@ def _fmt(evaluated: dict) -> str:
 def seed_model(config: RLConfig) -> str:
     """The seed model's directory, after every check that needs it (Ray cluster and generator_url reachable, model
     dir, dataset rows and lengths): all fail naming the address or path, before the run row or any checkpoint is written."""
-    check_runner(config)
-    check_train_processes(config)
-    check_generator_url(config)
-    model_dir = seed_model_dir(config)
-    check_environments(config, model_dir)
+    model_dir = check_before_work(config)
     if model_dir is not None:
         return str(model_dir)
     return bootstrap(config.bootstrap, config.store, config.s3)

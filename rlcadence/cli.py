@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from rlcadence.eval_config import EvalConfig
 from rlcadence.environments.datasets import DatasetError
 from rlcadence.eval_config import EvalTargetError
-from rlcadence.preflight import TrainProcessesError
+from rlcadence.preflight import TrainProcessesError, check_before_work
 from rlcadence.presets import PRESETS
 from rlcadence.ray_cluster import RayUnreachable
 from rlcadence.run_identity import RunIdentityError
@@ -138,7 +138,7 @@ def print_table(columns: list[str], rows: list[tuple]) -> None:
 
 def cmd_run(args) -> int:
     config = build_config(args.preset, args.config, args.set or [], args.store, args.run_id)
-    preflight_environments(config)
+    check_before_work(config)  # Ray, train ranks, generator server, seed model, datasets: before the run is recorded
     loc = config.store_location()  # an unusable store fails here, naming endpoint and bucket, before any work
     config = checked_identity(config, loc, args.force_new)
     if config.run_id is None:  # the id is fixed now, so the record below names the run a resume continues
@@ -175,24 +175,6 @@ def checked_identity(config: RLConfig, loc, force_new: bool) -> RLConfig:
     if checked.run_id != config.run_id:
         print(f"run {config.run_id!r} exists: --force-new starts run {checked.run_id!r}", file=sys.stderr)
     return checked
-
-
-def preflight_environments(config: RLConfig) -> None:
-    """Before the flow starts: reach ``generator_url`` (server mode), check the seed model directory (missing, unknown architecture, no EOS), then
-    read and encode every dataset file with its tokenizer (a missing file, or in fail mode bad or over-long
-    rows, stop here) and find every reward-model and judge directory (a missing one stops here, named)."""
-    from rlcadence.preflight import (
-        check_environments,
-        check_generator_url,
-        check_runner,
-        check_train_processes,
-        seed_model_dir,
-    )
-
-    check_runner(config)  # an unreachable ray_address: one line within 15 s, before the run is recorded
-    check_train_processes(config)
-    check_generator_url(config)
-    check_environments(config, seed_model_dir(config))
 
 
 def print_summary(summary: dict) -> None:

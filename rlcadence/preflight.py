@@ -75,7 +75,8 @@ def check_train_processes(config: RLConfig) -> None:
         from rlcadence.engines.settings import resolve_engine
 
         in_process = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "0") == "0"
-        vllm = resolve_engine(config.engine, resolve_device(config.generator_device or config.device).type) == "vllm"
+        device = resolve_device(config.generator_device or config.device).type
+        vllm = resolve_engine(config.engine, device, config.generator_url) == "vllm"  # not a vLLM server elsewhere
         refusals.append((vllm and in_process, "engine=vllm with its engine core in the flow process "
                          "(VLLM_ENABLE_V1_MULTIPROCESSING=0 would put vLLM into the trainer's process group; "
                          "set it to 1)"))
@@ -158,3 +159,17 @@ def check_environments(config: RLConfig, model_dir: Path | None = None) -> None:
             resolve_model_dir(env.reward_model)
         if env.judge is not None:
             check_model_dir(resolve_model_dir(env.judge.model))  # the judge generates: it needs an EOS
+
+
+def check_before_work(config: RLConfig) -> Path | None:
+    """Every check a run makes before it writes anything, in the order a user would fix them: the Ray
+    cluster, the train ranks, the generator server, the seed model directory, then every dataset, reward
+    model and judge. Each failure names its field, address or path. Returns the seed model's directory
+    (None: the embedded bootstrap model). The CLI calls it before recording the run; the flow again, for
+    runs started from a deployment."""
+    check_runner(config)  # an unreachable ray_address: one line within 15 s
+    check_train_processes(config)
+    check_generator_url(config)
+    model_dir = seed_model_dir(config)
+    check_environments(config, model_dir)
+    return model_dir

@@ -190,12 +190,9 @@ class RunState:
         finally:
             for env in self._environments or []:
                 env.close()
-            close_engine = getattr(self.engine, "close", None)  # the server engine's HTTP connections
-            if close_engine is not None:
-                close_engine()
             self._environments = None
             self.pending_generations.clear()
-            close_engine = getattr(self.engine, "close", None)
+            close_engine = getattr(self.engine, "close", None)  # the server's HTTP connections, the Ray actor
             if close_engine is not None:
                 close_engine()
             if self.config.runner == "ray":
