@@ -339,6 +339,11 @@ def is_due(step_done: int, every: Cadence) -> bool:
     return every != "offline" and step_done % every == 0
 
 
+def eval_due(cfg: RLConfig, step_done: int) -> bool:
+    """Is the held-out evaluation run after ``step_done`` optimizer steps? (every ``eval_every``, and the last)."""
+    return step_done % cfg.eval_every == 0 or step_done == cfg.steps
+
+
 def checkpoint_due(cfg: RLConfig, step_done: int) -> bool:
     """Is a full checkpoint written after ``step_done`` optimizer steps? (every ``checkpoint_every``, and the last)."""
     return step_done % cfg.checkpoint_every == 0 or step_done == cfg.steps

@@ -31,7 +31,7 @@ from prefect.artifacts import (
 )
 from prefect.client.schemas.actions import ArtifactUpdate
 
-from rlcadence.config import RLConfig
+from rlcadence.config import RLConfig, eval_due
 from rlcadence.reporting.summary import config_diff, summary_markdown
 from rlcadence.reporting.terminal import TerminalProgress
 from rlcadence.run_state import CACHE_ROOT, RunState
@@ -49,12 +49,8 @@ def artifact_key(run_id: str, what: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", f"{run_id}-{what}".lower()).strip("-")
 
 
-def is_eval_step(step: int, cfg: RLConfig) -> bool:
-    return (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps
-
-
 def table_rows(rows: list[dict], cfg: RLConfig) -> list[dict]:
-    return [{c: r.get(c) for c in TABLE_COLUMNS} for r in rows if is_eval_step(r["step"], cfg)]
+    return [{c: r.get(c) for c in TABLE_COLUMNS} for r in rows if eval_due(cfg, r["step"] + 1)]
 
 
 def _eta(seconds: float) -> str:
@@ -136,7 +132,7 @@ class RunBoard:
         if self.tensorboard is not None:
             self.tensorboard.log(step, metrics)
         self.terminal.update(step + 1, self.rows[-1].get("reward_mean"), self.after)
-        if is_eval_step(step, self.cfg):
+        if eval_due(self.cfg, step + 1):
             self._in_background(self.publish)
         elif now - self._progress_at >= PROGRESS_EVERY_S and (self._pending is None or self._pending.done()):
             self._progress_at = now

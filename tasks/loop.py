@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from rlcadence.config import eval_due
 from rlcadence.run_state import RunState
 from rlcadence.tasks.commit import commit
 from rlcadence.tasks.evaluate import evaluate
@@ -39,16 +40,12 @@ class StepResult:
     evaluated: dict[str, float] = field(default_factory=dict)
 
 
-def is_eval_step(run: RunState, step: int) -> bool:
-    return (step + 1) % run.config.eval_every == 0 or step + 1 == run.config.steps
-
-
 def run_step(run: RunState, step: int, call: StageCall) -> StepResult:
     """generate -> score -> train -> (evaluate) -> commit; the metrics row written by commit ends the step."""
     generated = call("generate", run, step)
     scored = call("score", run, step, generated)
     trained = call("train", run, step)
-    evaluated = call("evaluate", run, step + 1) if is_eval_step(run, step) else {}
+    evaluated = call("evaluate", run, step + 1) if eval_due(run.config, step + 1) else {}
     metrics = {**scored, **trained, **evaluated}
     call("commit", run, step, metrics)
     run.next_step = step + 1
