@@ -88,7 +88,8 @@ class StoreLocation:
     def delete_dir(self, *parts: str) -> None:
         p = self.path(*parts)
         if self.fs.get_file_info(p).type == pafs.FileType.Directory:
-            self.fs.delete_dir(p)
+            with contextlib.suppress(FileNotFoundError):  # S3: an earlier attempt deleted them after the listing
+                self.fs.delete_dir(p)
 
     def delete_file(self, *parts: str) -> None:
         p = self.path(*parts)
