@@ -250,9 +250,6 @@ class RLConfig(Strict):
         if self.engine == "transformers":
             raise ValueError(f"generator_url={self.generator_url} sends generation to a vLLM server; engine must "
                              "be auto or vllm (engine=transformers generates in this process)")
-        if self.vllm.sync != "full":
-            raise ValueError("vllm.sync=delta is for the in-process engine; with generator_url every sync writes "
-                             "full safetensors for the server to reload")
         if self.generator_server.weights_dir is None and self.store.startswith("s3://"):
             raise ValueError("generator_server.weights_dir: needed with generator_url and an s3:// store (the "
                              "server reloads weights from a directory it can read)")

@@ -46,7 +46,7 @@ def check_generator_url(config: RLConfig) -> None:
     if config.generator_url is not None:
         from rlcadence.engines.server import check_generator
 
-        check_generator(config.generator_url, config.generator_server.connect_timeout_s)
+        check_generator(config.generator_url, config.generator_server.connect_timeout_s, delta=config.vllm.sync == "delta")
 
 
 class TrainProcessesError(ValueError):

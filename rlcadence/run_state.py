@@ -385,7 +385,7 @@ class RunState:
             from rlcadence.engines.server import VLLMServerEngine
 
             return VLLMServerEngine(self.config.generator_url, self.checkpoint_dir(0), self.server_weights_dir(),
-                                    dtype=dtype, settings=self.config.generator_server)
+                                    dtype=dtype, settings=self.config.generator_server, sync=self.config.vllm.sync)
         if self.engine_kind == "vllm":
             from rlcadence.engines.vllm import VLLMEngine  # imports vLLM: only when asked for
 

@@ -88,3 +88,48 @@ def apply_delta(weights: dict[str, torch.Tensor], delta: WeightDelta) -> list[st
         flat = weights[name].view(-1)  # [numel] shares storage with the tensor
         flat[idx.long()] = values.to(flat.dtype)
     return [*delta.dense, *delta.sparse]
+
+
+# -- the delta as a file: what server mode moves ------------------------------------------------
+DELTA_FORMAT = "rlcadence-weight-delta-1"
+_INDEX, _VALUE = "::index", "::value"
+
+
+def write_delta(delta: WeightDelta, path, base_version: int | None, version: int) -> int:
+    """Write ``delta`` as one safetensors file (dense tensors under their names, sparse ones as ``name::index``
+    and ``name::value``), renamed into place so a reader never sees half a file. ``base_version``: the version
+    it applies to, checked by the reader. Returns the file's bytes: what this sync moves."""
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {name: t.contiguous() for name, t in delta.dense.items()}
+    for name, (idx, values) in delta.sparse.items():
+        tensors[name + _INDEX], tensors[name + _VALUE] = idx.contiguous(), values.contiguous()
+    meta = {"format": DELTA_FORMAT, "base_version": str(base_version), "version": str(version),
+            "unchanged": ",".join(delta.unchanged), "elements": str(delta.elements)}
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, tmp, metadata=meta)
+    tmp.replace(path)
+    return path.stat().st_size
+
+
+def read_delta(path) -> tuple[WeightDelta, dict[str, str]]:
+    """The delta and metadata :func:`write_delta` wrote; a file of another format fails naming it."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != DELTA_FORMAT:
+            raise ValueError(f"{path}: not a weight delta (format {meta.get('format')!r}, expected {DELTA_FORMAT!r})")
+        out = WeightDelta(unchanged=[n for n in meta.get("unchanged", "").split(",") if n],
+                          elements=int(meta.get("elements", 0)))
+        keys = list(f.keys())
+        for key in keys:
+            if key.endswith(_INDEX):
+                name = key.removesuffix(_INDEX)
+                out.sparse[name] = (f.get_tensor(key), f.get_tensor(name + _VALUE))
+            elif not key.endswith(_VALUE):
+                out.dense[key] = f.get_tensor(key)
+    return out, meta

@@ -36,10 +36,13 @@ class ServerProcess:
 def server_command(model_dir: Path, name: str, host: str, port: int, dtype: str, gpu_memory_utilization: float,
                    extra: list[str]) -> list[str]:
     """The server's command line. ``--logprobs-mode raw_logprobs``: log p(token) at T=1 before top-p, the
-    trainer's definition (as ``VLLMEngine`` sets it)."""
+    trainer's definition (as ``VLLMEngine`` sets it); ``--worker-extension-cls``: rlcadence's weight-sync
+    methods, which delta sync calls."""
+    from rlcadence.engines.server import WORKER_EXTENSION
+
     return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
             "--served-model-name", name, "--host", host, "--port", str(port), "--dtype", dtype, "--seed", "0", "--enforce-eager",
-            "--logprobs-mode", "raw_logprobs", "--max-logprobs", "0",
+            "--logprobs-mode", "raw_logprobs", "--max-logprobs", "0", "--worker-extension-cls", WORKER_EXTENSION,
             "--gpu-memory-utilization", str(gpu_memory_utilization), *extra]
 
 

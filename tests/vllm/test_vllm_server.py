@@ -127,6 +127,52 @@ def test_pushed_weights_switch_greedy_outputs_and_back(engine, vllm_model):
     assert [p.name for p in engine.weights_dir.iterdir()] == ["v00000002"]  # older versions are removed
 
 
+def _sparse_step(state: dict[str, torch.Tensor], density: float, seed: int) -> dict[str, torch.Tensor]:
+    """``state`` with a random ``density`` of each tensor's elements moved (an SGD-like sparse update)."""
+    g = torch.Generator().manual_seed(seed)
+    out = {k: v + 0.05 * torch.randn(v.shape, generator=g) * (torch.rand(v.shape, generator=g) < density)
+           for k, v in state.items() if k != "lm_head.weight"}
+    out["lm_head.weight"] = out["model.embed_tokens.weight"]
+    return out
+
+
+def test_delta_sync_moves_the_delta_and_leaves_the_weights_of_a_full_sync(server, engine, vllm_model, tmp_path):
+    """Server mode, vllm.sync=delta: the first sync is full (the worker keeps the weights in checkpoint names),
+    the next one writes only the changed elements, and the server's tensors after it are bitwise those after a
+    full sync of the same weights. A delta whose base the server no longer holds falls back to a full sync."""
+    prompt_ids = encode_prompts(engine.tokenizer, PROMPTS)
+    delta_engine = VLLMServerEngine(server[1], vllm_model, tmp_path / "delta", sync="delta")
+    try:
+        v1 = _perturbed(vllm_model, 0.05, seed=5)
+        delta_engine.load_state_dict(v1, 11)
+        first = delta_engine.last_sync
+        assert first["weight_sync/bytes"] >= first["weight_sync/full_bytes"]  # nothing held yet: a full sync
+        v2 = _sparse_step(v1, 0.005, seed=6)
+        delta_engine.load_state_dict(v2, 12)
+        sync = delta_engine.last_sync
+        print({k: round(v, 4) for k, v in sync.items()})
+        assert sync["weight_sync/bytes"] < 0.05 * sync["weight_sync/full_bytes"]  # ~0.5% x 3 (index + value) + header
+        assert delta_engine.server_version() == "12" and (delta_engine.weights_dir / "v00000012" / "delta.safetensors").is_file()
+        reference = TransformersEngine(vllm_model)
+        reference.load_state_dict(v2, 12)
+        assert _greedy(delta_engine, prompt_ids) == _greedy(reference, prompt_ids)
+        after_delta = delta_engine._rpc("rlc_tensor_digest", {})
+
+        engine.load_state_dict(v2, 13)  # the full path (vLLM's reload_weights from the directory), same weights
+        assert engine._rpc("rlc_tensor_digest", {}) == after_delta
+
+        delta_engine.load_state_dict(_sparse_step(v2, 0.005, seed=7), 14)  # base 12; the worker holds 12 still
+        assert delta_engine.last_sync["weight_sync/bytes"] < 0.05 * sync["weight_sync/full_bytes"]
+        other = VLLMServerEngine(server[1], vllm_model, tmp_path / "other", sync="delta")
+        other.load_state_dict(v1, 20)  # another trainer's full sync: the worker now holds 20
+        delta_engine.load_state_dict(v2, 15)  # base 14 is gone: falls back to a full sync
+        assert delta_engine.last_sync["weight_sync/bytes"] >= delta_engine.last_sync["weight_sync/full_bytes"]
+        assert _greedy(delta_engine, prompt_ids) == _greedy(reference, prompt_ids)
+        other.close()
+    finally:
+        delta_engine.close()
+
+
 @pytest.mark.slow
 def test_flow_run_with_generator_url_records_policy_version(prefect_server, server, vllm_model, store):
     from rlcadence.config import RLConfig
