@@ -423,5 +423,6 @@ def test_upload_cut_mid_body_never_leaves_a_partial_object(size_mb, s3_env, s3_s
     assert flaky.cut == 2
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]
     assert [(o["Key"], o["Size"]) for o in listed] == [(f"{prefix}/big.bin", len(payload))]
-    assert loc.read_bytes("big.bin") == payload
+    direct = open_s3_location(s3_env, settle_settings(s3_server.endpoint_url))  # the proxy is closed now
+    assert direct.read_bytes("big.bin") == payload
     assert "Uploads" not in client.list_multipart_uploads(Bucket=bucket)  # failed attempts' parts aborted
