@@ -20,6 +20,7 @@ without ``lm_head.weight`` (what ``save_pretrained`` writes) leaves the LM head 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,8 @@ import httpx
 
 from rlcadence.engines.base import Completion, SamplingParams, request_seed
 from rlcadence.engines.settings import GeneratorServerSettings
+
+log = logging.getLogger(__name__)
 
 WORKER_EXTENSION = "rlcadence.engines.vllm_worker.WeightSyncExtension"
 PREFLIGHT_BUDGET_S = 6.0  # the whole reachability check: an unreachable server fails within 10 s
@@ -222,6 +225,9 @@ class VLLMServerEngine:
             if delta:
                 answer = self._rpc("rlc_apply_delta", {"path": str((target / "delta.safetensors").resolve())})
                 if not answer["applied"]:  # the server lost the base version (restarted): send everything
+                    log.warning("generator_url %s holds version %s, not the delta's base %s: full sync",
+                                self.url, answer["version"], self._version)
+                    extra["weight_sync/fallback_full"] = 1.0
                     nbytes = write_weights(host, target)
                     answer = self._rpc("rlc_load_full", {"path": str((target / "model.safetensors").resolve()),
                                                          "version": version})

@@ -174,20 +174,26 @@ def test_delta_sync_moves_the_delta_and_leaves_the_weights_of_a_full_sync(server
 
 
 @pytest.mark.slow
-def test_flow_run_with_generator_url_records_policy_version(prefect_server, server, vllm_model, store):
+@pytest.mark.parametrize("sync", ["full", "delta"])
+def test_flow_run_with_generator_url_records_policy_version(prefect_server, server, vllm_model, store, sync):
     from rlcadence.config import RLConfig
     from rlcadence.flows.rl import rl
     from tests.integration.helpers import small_config, sql
 
-    cfg = RLConfig.model_validate(small_config(vllm_model, store, run_id="server-s1", steps=3, generator_url=server[1],
-                                               sync_every=1, prompts_per_step=4, eval_every=3, eval_size=20))
+    cfg = RLConfig.model_validate(small_config(vllm_model, store, run_id=f"server-s1-{sync}", steps=3,
+                                               generator_url=server[1], sync_every=1, prompts_per_step=4,
+                                               eval_every=3, eval_size=20, vllm={"sync": sync},
+                                               optimizer={"name": "sgd", "lr": 1e-3} if sync == "delta" else {}))
     rl(cfg)
-    rows = sql(store, "SELECT step, policy_version, count(*) FROM rollouts GROUP BY ALL ORDER BY step")
+    rows = sql(store, f"SELECT step, policy_version, count(*) FROM rollouts WHERE run_id = 'server-s1-{sync}' "
+                      "GROUP BY ALL ORDER BY step")
     assert rows == [(0, 0, 16), (1, 1, 16), (2, 2, 16)]
-    metrics = sql(store, "SELECT step, time_sync_s, weight_sync_bytes, logprob_engine_trainer_abs_diff_max "
-                         "FROM metrics ORDER BY step")
-    assert all(s > 0 and b > 0 for _, s, b, _ in metrics)  # step 0 pushes the seed weights: the server's are unknown
-    assert all(gap < LOGPROB_BOUND for *_, gap in metrics), metrics
+    metrics = sql(store, "SELECT step, time_sync_s, weight_sync_bytes, logprob_engine_trainer_abs_diff_max, "
+                         f"weight_sync_full_bytes FROM metrics WHERE run_id = 'server-s1-{sync}' ORDER BY step")
+    assert all(s > 0 and b > 0 for _, s, b, *_ in metrics)  # step 0 pushes the seed weights: the server's are unknown
+    if sync == "delta":  # step 0 is a full sync (nothing held yet), later ones move only what SGD changed
+        assert metrics[0][2] >= metrics[0][4] and all(b < f for _, _, b, _, f in metrics[1:]), metrics
+    assert all(row[3] < LOGPROB_BOUND for row in metrics), metrics
     print(metrics)
 
 
