@@ -210,14 +210,17 @@ class VLLMServerEngine:
         extra: dict[str, float] = {}
         if delta:
             change = compute_delta(host, state, self.model.dtype)
-            apply_delta(host, change)
-            target.mkdir(parents=True, exist_ok=True)
-            nbytes = write_delta(change, target / "delta.safetensors", self._version, version)
+            apply_delta(host, change)  # in place: the host copy now holds ``state`` in the generator's dtype
             extra = {"weight_sync/changed_elements": float(change.changed_elements),
                      "weight_sync/tensors_skipped": float(len(change.unchanged))}
+            delta = change.nbytes < full  # every weight moved (AdamW): a full sync is as small and needs no base
         else:
-            self.model.load_state_dict(state)  # the host copy, cast to the generator's dtype
-            nbytes = write_weights(self.model.state_dict(), target)
+            self.model.load_state_dict(state)  # in place: the host copy, cast to the generator's dtype
+        if delta:
+            target.mkdir(parents=True, exist_ok=True)
+            nbytes = write_delta(change, target / "delta.safetensors", self._version, version)
+        else:
+            nbytes = write_weights(host, target)
         t1 = time.perf_counter()
         timeout = self.settings.sync_timeout_s
         self._post("/pause", timeout, params={"mode": "wait"})
@@ -235,6 +238,7 @@ class VLLMServerEngine:
             elif self.sync == "delta":
                 answer = self._rpc("rlc_load_full", {"path": str((target / "model.safetensors").resolve()),
                                                      "version": version})
+                extra["weight_sync/tensors_reloaded"] = float(answer["tensors_reloaded"])
             else:
                 self._rpc("reload_weights", {"weights_path": str(target.resolve())})
             self._post("/reset_prefix_cache", timeout)

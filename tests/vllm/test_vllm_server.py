@@ -167,8 +167,19 @@ def test_delta_sync_moves_the_delta_and_leaves_the_weights_of_a_full_sync(server
         other.load_state_dict(v1, 20)  # another trainer's full sync: the worker now holds 20
         delta_engine.load_state_dict(v2, 15)  # base 14 is gone: falls back to a full sync
         assert delta_engine.last_sync["weight_sync/bytes"] >= delta_engine.last_sync["weight_sync/full_bytes"]
+        assert delta_engine.last_sync["weight_sync/fallback_full"] == 1.0
         assert _greedy(delta_engine, prompt_ids) == _greedy(reference, prompt_ids)
         other.close()
+
+        dense = _perturbed(vllm_model, 0.05, seed=8)  # every weight moves (as under AdamW): a full sync is smaller
+        delta_engine.load_state_dict(dense, 16)
+        assert "weight_sync/fallback_full" not in delta_engine.last_sync and delta_engine.server_version() == "16"
+        written = (delta_engine.weights_dir / "v00000016" / "model.safetensors").stat().st_size
+        assert delta_engine.last_sync["weight_sync/bytes"] == written
+        delta_engine.load_state_dict(_sparse_step(dense, 0.005, seed=9), 17)  # the worker holds 16: a delta again
+        assert delta_engine.last_sync["weight_sync/bytes"] < 0.05 * sync["weight_sync/full_bytes"]
+        reference.load_state_dict(_sparse_step(dense, 0.005, seed=9), 17)
+        assert _greedy(delta_engine, prompt_ids) == _greedy(reference, prompt_ids)
     finally:
         delta_engine.close()
 
