@@ -2,8 +2,10 @@
 
 After an optimizer step most weights round to the same bf16 value (paper C: SGD's RL updates are ~99%
 sparse in bf16; PULSE, arXiv 2602.03839, cuts a 7B sync from 14 GB to 108 MB this way). A tensor whose
-cast is bitwise unchanged is skipped; a sparsely changed one goes as (flat index, value) pairs; a densely
-changed one goes whole, when pairs would cost more. Applying the delta to the generator's copy of the last
+cast is bitwise unchanged is skipped; a sparsely changed one goes as (index, value) pairs, the indices
+gap-coded (the distance from the previous changed element, in the narrowest integer type that holds the
+largest gap: uint16 at RL densities, so a pair costs 4 bytes in bf16, not 6); a densely changed one goes
+whole, when pairs would cost more. Applying the delta to the generator's copy of the last
 sync gives, bitwise, the new weights cast to the generator's dtype: the same as a full sync.
 """
 
@@ -35,23 +37,39 @@ def _count(mask: torch.Tensor) -> int:
     return int(np.count_nonzero(mask.numpy())) if mask.device.type == "cpu" else int(torch.count_nonzero(mask))
 
 
-def _positions(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Flat indices [k] of ``mask``'s true elements (np.flatnonzero on the CPU: ~4x torch.nonzero, measured)."""
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Flat int64 indices [k] of ``mask``'s true elements (np.flatnonzero on the CPU: ~4x torch.nonzero)."""
     if mask.device.type == "cpu":
-        np_dtype = np.int32 if dtype == torch.int32 else np.int64
-        return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np_dtype, copy=False))
-    return mask.nonzero().squeeze(1).to(dtype)
+        return torch.from_numpy(np.flatnonzero(mask.numpy()))
+    return mask.nonzero().squeeze(1)
+
+
+_GAP_TYPES = ((2**8 - 1, torch.uint8), (2**16 - 1, torch.uint16), (2**31 - 1, torch.int32), (2**63 - 1, torch.int64))
+
+
+def gaps_of(positions: torch.Tensor) -> torch.Tensor:
+    """Sorted flat positions [k] as gaps [k] (the first position, then each one's distance from the one
+    before), in the narrowest integer type that holds the largest gap. ``positions_of`` inverts it."""
+    gaps = torch.diff(positions, prepend=positions.new_zeros(1))  # [k]
+    largest = int(gaps.max()) if gaps.numel() else 0
+    return gaps.to(next(t for bound, t in _GAP_TYPES if largest <= bound))
+
+
+def positions_of(gaps: torch.Tensor) -> torch.Tensor:
+    """Flat int64 positions [k] from :func:`gaps_of`'s gaps."""
+    return torch.cumsum(gaps.to(torch.int64), 0)
 
 
 @dataclass
 class WeightDelta:
-    """What one delta sync moves. ``dense``: changed tensors sent whole; ``sparse``: name -> (flat int32/64
-    indices [k], values [k]) of the changed elements; ``unchanged``: names skipped."""
+    """What one delta sync moves. ``dense``: changed tensors sent whole; ``sparse``: name -> (gap-coded flat
+    indices [k] (:func:`gaps_of`), values [k]) of the changed elements; ``unchanged``: names skipped."""
 
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
     sparse: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     unchanged: list[str] = field(default_factory=list)
     elements: int = 0  # elements of all tensors compared
+    changed_elements: int = 0  # of those, elements whose bits changed (a dense tensor's unchanged ones excluded)
 
     @property
     def nbytes(self) -> int:
@@ -59,10 +77,6 @@ class WeightDelta:
         dense = sum(t.numel() * t.element_size() for t in self.dense.values())
         pairs = sum(i.numel() * i.element_size() + v.numel() * v.element_size() for i, v in self.sparse.values())
         return dense + pairs
-
-    @property
-    def changed_elements(self) -> int:
-        return sum(t.numel() for t in self.dense.values()) + sum(v.numel() for _, v in self.sparse.values())
 
 
 def full_nbytes(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> int:
@@ -74,8 +88,8 @@ def full_nbytes(weights: dict[str, torch.Tensor], dtype: torch.dtype) -> int:
 def compute_delta(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor], dtype: torch.dtype) -> WeightDelta:
     """The delta from ``previous`` (the generator's copy, already in ``dtype``) to ``new`` cast to ``dtype``.
 
-    Index dtype: int32 when a tensor has < 2^31 elements (4 bytes an index), else int64. A changed tensor
-    goes whole when (index + value) bytes of its changed elements reach its dense bytes.
+    Indices are gap-coded (:func:`gaps_of`: 1, 2, 4 or 8 bytes each, the narrowest that holds the largest
+    gap). A changed tensor goes whole when (index + value) bytes of its changed elements reach its dense bytes.
     """
     if previous.keys() != new.keys():
         missing, extra = sorted(previous.keys() - new.keys()), sorted(new.keys() - previous.keys())
@@ -89,16 +103,20 @@ def compute_delta(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor
         out.elements += cur.numel()
         changed = _changed(cur, old)  # [numel]
         k = _count(changed)
+        out.changed_elements += k
         if k == 0:
             out.unchanged.append(name)
             continue
-        index_dtype = torch.int32 if cur.numel() < 2**31 else torch.int64
-        pair_bytes = k * (torch.empty((), dtype=index_dtype).element_size() + cur.element_size())
-        if pair_bytes >= cur.numel() * cur.element_size():
+        dense_bytes = cur.numel() * cur.element_size()
+        if k * (1 + cur.element_size()) >= dense_bytes:  # even 1-byte gaps would not pay
+            out.dense[name] = cur.clone()
+            continue
+        positions = _positions(changed)  # [k]
+        gaps = gaps_of(positions)  # [k]
+        if k * (gaps.element_size() + cur.element_size()) >= dense_bytes:
             out.dense[name] = cur.clone()
         else:
-            idx = _positions(changed, index_dtype)  # [k]
-            out.sparse[name] = (idx, cur.flatten()[idx])  # indexing copies: the values own their memory
+            out.sparse[name] = (gaps, cur.flatten()[positions])  # indexing copies: the values own their memory
     return out
 
 
@@ -106,19 +124,19 @@ def apply_delta(weights: dict[str, torch.Tensor], delta: WeightDelta) -> list[st
     """Apply ``delta`` in place to the generator's copy ``weights``; returns the names that changed."""
     for name, tensor in delta.dense.items():
         weights[name].copy_(tensor)
-    for name, (idx, values) in delta.sparse.items():
+    for name, (gaps, values) in delta.sparse.items():
         flat = weights[name].view(-1)  # [numel] shares storage with the tensor
-        flat[idx.long()] = values.to(flat.dtype)
+        flat[positions_of(gaps)] = values.to(flat.dtype)
     return [*delta.dense, *delta.sparse]
 
 
 # -- the delta as a file: what server mode moves ------------------------------------------------
-DELTA_FORMAT = "rlcadence-weight-delta-1"
-_INDEX, _VALUE = "::index", "::value"
+DELTA_FORMAT = "rlcadence-weight-delta-2"  # 2: gap-coded indices
+_INDEX, _VALUE = "::gap", "::value"
 
 
 def write_delta(delta: WeightDelta, path, base_version: int | None, version: int) -> int:
-    """Write ``delta`` as one safetensors file (dense tensors under their names, sparse ones as ``name::index``
+    """Write ``delta`` as one safetensors file (dense tensors under their names, sparse ones as ``name::gap``
     and ``name::value``), renamed into place so a reader never sees half a file. ``base_version``: the version
     it applies to, checked by the reader. Returns the file's bytes: what this sync moves."""
     from pathlib import Path
@@ -127,10 +145,11 @@ def write_delta(delta: WeightDelta, path, base_version: int | None, version: int
 
     path = Path(path)
     tensors = {name: t.contiguous() for name, t in delta.dense.items()}
-    for name, (idx, values) in delta.sparse.items():
-        tensors[name + _INDEX], tensors[name + _VALUE] = idx.contiguous(), values.contiguous()
+    for name, (gaps, values) in delta.sparse.items():
+        tensors[name + _INDEX], tensors[name + _VALUE] = gaps.contiguous(), values.contiguous()
     meta = {"format": DELTA_FORMAT, "base_version": str(base_version), "version": str(version),
-            "unchanged": ",".join(delta.unchanged), "elements": str(delta.elements)}
+            "unchanged": ",".join(delta.unchanged), "elements": str(delta.elements),
+            "changed_elements": str(delta.changed_elements)}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(tensors, tmp, metadata=meta)
     tmp.replace(path)
@@ -146,7 +165,8 @@ def read_delta(path) -> tuple[WeightDelta, dict[str, str]]:
         if meta.get("format") != DELTA_FORMAT:
             raise ValueError(f"{path}: not a weight delta (format {meta.get('format')!r}, expected {DELTA_FORMAT!r})")
         out = WeightDelta(unchanged=[n for n in meta.get("unchanged", "").split(",") if n],
-                          elements=int(meta.get("elements", 0)))
+                          elements=int(meta.get("elements", 0)),
+                          changed_elements=int(meta.get("changed_elements", 0)))
         keys = list(f.keys())
         for key in keys:
             if key.endswith(_INDEX):
