@@ -18,7 +18,7 @@ heads): ``tiny`` (hidden 128, 2 layers, 2 heads, ~0.4M parameters) and ``50m`` (
    plus 16 bits per changed value: no lossless encoding of that delta is smaller (values taken as
    incompressible), so a byte target below it cannot be met at that density.
 3. Server mode (``rlcadence serve-generator`` in bf16, ``--server``): the same syncs pushed to a vLLM server in
-   another process, full (safetensors + vLLM's ``reload_weights``) vs delta (index/value safetensors + the
+   another process, full (safetensors + vLLM's ``reload_weights``) vs delta (gap-coded index/value safetensors + the
    worker extension's ``rlc_apply_delta``): bytes written, write ms, server ms.
 4. Sparsity against the learning rate (``--sweep-lrs``): one step from the same weights at each SGD learning
    rate (and AdamW at 1e-4 and paper C's 1e-6): bf16 delta bytes and the entropy bound. An update moves a bf16
