@@ -108,15 +108,13 @@ def compute_delta(previous: dict[str, torch.Tensor], new: dict[str, torch.Tensor
             out.unchanged.append(name)
             continue
         dense_bytes = cur.numel() * cur.element_size()
-        if k * (1 + cur.element_size()) >= dense_bytes:  # even 1-byte gaps would not pay
-            out.dense[name] = cur.clone()
-            continue
-        positions = _positions(changed)  # [k]
-        gaps = gaps_of(positions)  # [k]
-        if k * (gaps.element_size() + cur.element_size()) >= dense_bytes:
-            out.dense[name] = cur.clone()
-        else:
-            out.sparse[name] = (gaps, cur.flatten()[positions])  # indexing copies: the values own their memory
+        if k * (1 + cur.element_size()) < dense_bytes:  # pairs could pay (1-byte gaps at least): find them
+            positions = _positions(changed)  # [k]
+            gaps = gaps_of(positions)  # [k]
+            if k * (gaps.element_size() + cur.element_size()) < dense_bytes:
+                out.sparse[name] = (gaps, cur.flatten()[positions])  # indexing copies: the values own their memory
+                continue
+        out.dense[name] = cur  # a fresh tensor (the cast above): no copy needed
     return out
 
 
@@ -132,7 +130,7 @@ def apply_delta(weights: dict[str, torch.Tensor], delta: WeightDelta) -> list[st
 
 # -- the delta as a file: what server mode moves ------------------------------------------------
 DELTA_FORMAT = "rlcadence-weight-delta-2"  # 2: gap-coded indices
-_INDEX, _VALUE = "::gap", "::value"
+_GAP, _VALUE = "::gap", "::value"
 
 
 def write_delta(delta: WeightDelta, path, base_version: int | None, version: int) -> int:
@@ -146,7 +144,7 @@ def write_delta(delta: WeightDelta, path, base_version: int | None, version: int
     path = Path(path)
     tensors = {name: t.contiguous() for name, t in delta.dense.items()}
     for name, (gaps, values) in delta.sparse.items():
-        tensors[name + _INDEX], tensors[name + _VALUE] = gaps.contiguous(), values.contiguous()
+        tensors[name + _GAP], tensors[name + _VALUE] = gaps.contiguous(), values.contiguous()
     meta = {"format": DELTA_FORMAT, "base_version": str(base_version), "version": str(version),
             "unchanged": ",".join(delta.unchanged), "elements": str(delta.elements),
             "changed_elements": str(delta.changed_elements)}
@@ -169,8 +167,8 @@ def read_delta(path) -> tuple[WeightDelta, dict[str, str]]:
                           changed_elements=int(meta.get("changed_elements", 0)))
         keys = list(f.keys())
         for key in keys:
-            if key.endswith(_INDEX):
-                name = key.removesuffix(_INDEX)
+            if key.endswith(_GAP):
+                name = key.removesuffix(_GAP)
                 out.sparse[name] = (f.get_tensor(key), f.get_tensor(name + _VALUE))
             elif not key.endswith(_VALUE):
                 out.dense[key] = f.get_tensor(key)

@@ -213,7 +213,7 @@ class VLLMServerEngine:
             apply_delta(host, change)  # in place: the host copy now holds ``state`` in the generator's dtype
             extra = {"weight_sync/changed_elements": float(change.changed_elements),
                      "weight_sync/tensors_skipped": float(len(change.unchanged))}
-            delta = change.nbytes < full  # every weight moved (AdamW): a full sync is as small and needs no base
+            delta = change.nbytes < full  # every tensor changed densely: a full sync is as small, needs no base
         else:
             self.model.load_state_dict(state)  # in place: the host copy, cast to the generator's dtype
         if delta:
