@@ -62,7 +62,7 @@ def test_gaps_take_the_narrowest_type_that_holds_the_largest(positions, dtype):
     assert positions_of(gaps).tolist() == positions
 
 
-def test_a_tensor_where_a_third_changed_goes_whole():
+def test_a_tensor_goes_whole_once_its_pairs_cost_as_much():
     prev = {"w": torch.zeros(300, dtype=torch.bfloat16)}
     new = {"w": torch.zeros(300)}
     new["w"][::3] = 1.0  # 100 of 300 change, gaps of 3 (uint8): 100 x (1 + 2) = 300 bytes < 600 dense
